@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# meshlm's front door: sets up .venv when needed, then runs a job.
+#
+#   ./launch.sh demo                 train configs/bert_tiny.py on the built-in corpus, then fill masks
+#   ./launch.sh test [pytest args]   install the test extra and run the test suite
+#   ./launch.sh train [flags]        python -m train.main with these flags
+#   ./launch.sh run MODULE [flags]   python -m MODULE with these flags (train.evaluate, data.prepare, ...)
+#
+# Environment: PYTHON (interpreter to build .venv from, default python3),
+# MESHLM_VENV (default .venv), WORKDIR (demo's workdir, default workdirs/demo).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$ROOT"
+VENV="${MESHLM_VENV:-$ROOT/.venv}"
+PY="$VENV/bin/python"
+
+die() { echo "launch.sh: $*" >&2; exit 2; }
+
+# Creates the venv and installs pyproject's dependencies (plus extras) unless the stamp
+# says this exact pyproject.toml and extras set are already installed.
+ensure_venv() {
+  local extras="$1"
+  local want
+  want="$(sha256sum pyproject.toml | cut -d' ' -f1) extras=[$extras]"
+  if [[ -f "$VENV/.meshlm-stamp" ]] && grep -qxF "$want" "$VENV/.meshlm-stamp"; then
+    return 0
+  fi
+  local base="${PYTHON:-python3}"
+  command -v "$base" >/dev/null || die "no '$base' on PATH; set PYTHON to a Python 3.11+ interpreter"
+  "$base" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
+    die "$("$base" --version 2>&1) is too old; meshlm needs Python 3.11+ (set PYTHON=...)"
+  if [[ ! -x "$PY" ]]; then
+    echo "launch.sh: creating $VENV"
+    "$base" -m venv "$VENV"
+  fi
+  if [[ ! -x "$VENV/bin/uv" ]]; then
+    "$PY" -m pip install -q --disable-pip-version-check uv
+  fi
+  echo "launch.sh: installing dependencies (extras: ${extras:-none})"
+  local extra_args=()
+  local e
+  for e in ${extras//,/ }; do extra_args+=(--extra "$e"); done
+  # .pyc files matter: imports are 2x slower without them and PYTHONDONTWRITEBYTECODE may be set.
+  "$VENV/bin/uv" pip install -q --python "$PY" --compile-bytecode -r pyproject.toml "${extra_args[@]}"
+  # A stamp line per extras set, so `demo` after `test` does not reinstall.
+  { grep -v "^$(sha256sum pyproject.toml | cut -d' ' -f1) " "$VENV/.meshlm-stamp" 2>/dev/null || true
+    echo "$want"; } >"$VENV/.meshlm-stamp.new"
+  mv "$VENV/.meshlm-stamp.new" "$VENV/.meshlm-stamp"
+}
+
+# Compiled XLA programs are cached across runs: reruns and the test suite start faster.
+export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$ROOT/.cache/jax}"
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="${JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS:-0}"
+export JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="${JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES:-0}"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+
+cmd="${1:-}"
+[[ $# -gt 0 ]] && shift
+case "$cmd" in
+  demo)
+    ensure_venv ""
+    workdir="${WORKDIR:-$ROOT/workdirs/demo}"
+    "$PY" -m train.main --config=configs/bert_tiny.py --workdir="$workdir" "$@"
+    "$PY" -m train.fill_mask --workdir="$workdir" --examples=5 --top_k=5
+    ;;
+  test)
+    ensure_venv "test"
+    "$PY" -m pytest "$@"
+    ;;
+  train)
+    ensure_venv ""
+    exec "$PY" -m train.main "$@"
+    ;;
+  run)
+    [[ $# -gt 0 ]] || die "usage: ./launch.sh run MODULE [flags]"
+    ensure_venv ""
+    module="$1"; shift
+    exec "$PY" -m "$module" "$@"
+    ;;
+  ""|-h|--help|help)
+    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+    ;;
+  *)
+    die "unknown command '$cmd'; accepted: demo, test, train, run (see ./launch.sh --help)"
+    ;;
+esac

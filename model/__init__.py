@@ -1,0 +1,1 @@
+"""Flax NNX transformer modules: embeddings, attention, MLP, blocks, stacks and heads."""

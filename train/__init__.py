@@ -1,0 +1,1 @@
+"""Config, mesh and sharding, state, optimizer, jitted steps, checkpoints, loop and CLIs."""

@@ -7,23 +7,23 @@ import dataclasses
 
 @dataclasses.dataclass
 class ModelConfig:
-  """Sizes and numerics of a transformer; the BERT layout by default."""
+    """Sizes and numerics of a transformer; the BERT layout by default."""
 
-  vocab_size: int = 8000
-  max_len: int = 128  # learned position table size; rows are at most this long
-  hidden: int = 256
-  num_layers: int = 4
-  num_heads: int = 4
-  head_dim: int = 0  # 0: hidden // num_heads
-  mlp_dim: int = 1024
-  dropout: float = 0.1  # hidden-state dropout (BERT's hidden_dropout_prob)
-  attention_dropout: float = 0.1
-  layer_norm_eps: float = 1e-12
-  init_std: float = 0.02
-  dtype: str = "float32"  # activations and matmuls: float32 | bfloat16
-  param_dtype: str = "float32"
-  remat: bool = False  # recompute each block in the backward pass to save memory
+    vocab_size: int = 8000
+    max_len: int = 128  # learned position table size; rows are at most this long
+    hidden: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    head_dim: int = 0  # 0: hidden // num_heads
+    mlp_dim: int = 1024
+    dropout: float = 0.1  # hidden-state dropout (BERT's hidden_dropout_prob)
+    attention_dropout: float = 0.1
+    layer_norm_eps: float = 1e-12
+    init_std: float = 0.02
+    dtype: str = "float32"  # activations and matmuls: float32 | bfloat16
+    param_dtype: str = "float32"
+    remat: bool = False  # recompute each block in the backward pass to save memory
 
-  @property
-  def resolved_head_dim(self) -> int:
-    return self.head_dim or self.hidden // self.num_heads
+    @property
+    def resolved_head_dim(self) -> int:
+        return self.head_dim or self.hidden // self.num_heads

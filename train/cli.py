@@ -1,0 +1,78 @@
+"""Shared plumbing of the absl entry points: config flags, workdir checks, one-line errors."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+import tempfile
+from typing import Callable, Sequence
+
+from absl import app, flags
+
+from train.config import Config, ConfigError, load_config
+
+_OVERRIDE_PREFIX = "--config."
+
+
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Separates `--config.a.b=value` overrides from the flags absl parses."""
+    rest, overrides = [], []
+    for arg in argv:
+        if arg.startswith(_OVERRIDE_PREFIX):
+            overrides.append(arg[len(_OVERRIDE_PREFIX):])
+        else:
+            rest.append(arg)
+    return rest, overrides
+
+
+_overrides: list[str] = []
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parser with --config.* overrides set aside for `config_from_flags`."""
+    rest, overrides = split_overrides(argv)
+    _overrides[:] = overrides
+    try:
+        return flags.FLAGS(rest)
+    except flags.Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def config_from_flags(config_path: str) -> Config:
+    return load_config(config_path, _overrides)
+
+
+def writable_workdir(path: str) -> pathlib.Path:
+    """Creates the workdir if needed and proves it is writable, before any device work."""
+    if not path:
+        raise ConfigError("--workdir is required: a directory for checkpoints, metrics and the tokenizer")
+    workdir = pathlib.Path(path)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write-check-"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"--workdir={path} is not a writable directory ({e.strerror or e})") from None
+    return workdir
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+    """app.run with user errors printed as one line (exit 2); --debug shows the traceback."""
+
+    def guarded(argv: list[str]) -> None:
+        try:
+            main(argv)
+        except (ConfigError, FileNotFoundError, ValueError) as e:
+            if flags.FLAGS.debug:
+                raise
+            hint = "" if isinstance(e, ConfigError) else " (rerun with --debug for the traceback)"
+            print(f"error: {e}{hint}", file=sys.stderr)
+            sys.exit(2)
+
+    app.run(guarded, flags_parser=parse_flags)
+
+
+flags.DEFINE_bool("debug", False, "Show full tracebacks for user errors.")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -1,0 +1,98 @@
+"""Fill-mask from a trained MLM workdir: top-k fillers for each [MASK] in held-out or given text.
+
+    python -m train.fill_mask --workdir=DIR [--text="The [MASK] is ..."] [--examples=5] [--top_k=5]
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from absl import flags
+
+from train import cli
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step; the latest by default.")
+_TEXT = flags.DEFINE_multi_string("text", [], "Text with one or more [MASK]; repeat the flag for more.")
+_EXAMPLES = flags.DEFINE_integer("examples", 5, "Held-out sentences to mask when no --text is given.")
+_TOP_K = flags.DEFINE_integer("top_k", 5, "Fillers to print per mask.")
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_WORD = re.compile(r"^[A-Za-z]{3,}$")
+
+
+def held_out_examples(documents: list[str], tokenizer, count: int) -> list[tuple[str, str]]:
+    """(masked sentence, hidden word) pairs from validation text: one single-piece word masked each."""
+    examples = []
+    for doc in documents:
+        for sentence in _SENTENCE_END.split(doc):
+            words = sentence.split()
+            if not 8 <= len(words) <= 24 or not sentence[:1].isupper():
+                continue
+            middle = range(len(words) // 3, len(words) - 1)
+            target = next((i for i in middle if _WORD.match(words[i])
+                           and len(tokenizer.encode(words[i])) == 1), None)
+            if target is None:
+                continue
+            examples.append((" ".join(words[:target] + ["[MASK]"] + words[target + 1:]), words[target]))
+            break  # one sentence per document keeps the examples varied
+        if len(examples) == count:
+            break
+    return examples
+
+
+def fill(trained, texts: list[str], top_k: int) -> list[list[list[tuple[str, float]]]]:
+    """For each text, for each [MASK] in it: the top_k (piece, probability) fillers."""
+    from train.mesh import to_global
+    from train.steps import compile_forward
+
+    tok, seq_len = trained.data.tokenizer, trained.config.data.seq_len
+    rows = []
+    for text in texts:
+        ids = [tok.cls_id] + tok.encode(text) + [tok.sep_id]
+        if tok.mask_id not in ids:
+            raise cli.ConfigError(f"--text={text!r} has no [MASK]; write [MASK] where a word should be filled")
+        if len(ids) > seq_len:
+            raise cli.ConfigError(f"--text={text!r} is {len(ids)} tokens; accepted: at most {seq_len}")
+        rows.append(ids + [tok.pad_id] * (seq_len - len(ids)))
+    tokens = np.asarray(rows, np.int32)
+    batch = {"tokens": tokens, "segment_ids": (tokens != tok.pad_id).astype(np.int32),
+             "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), tokens.shape).copy()}
+    logits = np.asarray(compile_forward(trained.layout, trained.mesh)(trained.params, to_global(batch, trained.mesh)))
+    results = []
+    for row, row_logits in zip(tokens, logits):
+        per_mask = []
+        for position in np.flatnonzero(row == tok.mask_id):
+            probs = _softmax(row_logits[position])
+            best = np.argsort(-probs)[:top_k]
+            per_mask.append([(tok.id_to_piece(int(i)).replace("▁", ""), float(probs[i])) for i in best])
+        results.append(per_mask)
+    return results
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    from data.corpus import read_documents
+    from train.workdir import open_workdir
+
+    trained = open_workdir(_WORKDIR.value or "", _STEP.value)
+    if _TEXT.value:
+        examples = [(text, None) for text in _TEXT.value]
+    else:
+        docs = read_documents(trained.data.corpus.validation)
+        examples = held_out_examples(docs, trained.data.tokenizer, _EXAMPLES.value)
+    print(f"fill-mask with checkpoint step {trained.step} of {_WORKDIR.value}:")
+    for (text, answer), masks in zip(examples, fill(trained, [t for t, _ in examples], _TOP_K.value)):
+        print(f"\n  {text}" + (f"\n  (hidden word: {answer})" if answer else ""))
+        for fillers in masks:
+            print("    " + "  ".join(f"{piece!r} {p:.3f}" for piece, p in fillers))
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,28 @@
+"""Train (or resume) a model: python -m train.main --config=configs/bert_tiny.py --workdir=DIR."""
+
+from __future__ import annotations
+
+from absl import flags
+
+from train import cli
+
+_CONFIG = flags.DEFINE_string("config", None, "Config file with get_config(); override fields as --config.a.b=value.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the tokenizer, data cache, checkpoints and metrics.")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise cli.ConfigError(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
+    if not _CONFIG.value:
+        raise cli.ConfigError("--config is required, e.g. --config=configs/bert_tiny.py")
+    config = cli.config_from_flags(_CONFIG.value)
+    workdir = cli.writable_workdir(_WORKDIR.value)
+    (workdir / "config.json").write_text(config.to_json())
+
+    from train.loop import train  # JAX starts here, after every check of the user's input
+
+    train(config, workdir)
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,104 @@
+"""The device mesh and the one table that maps logical axis names onto its axes.
+
+Changing parallelism means changing the mesh shape or this table, never the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Iterator, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from train.config import ConfigError
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+# Parameters shard their `embed` dimension over fsdp and their wide dimensions over
+# tensor; activations shard the batch over data and fsdp. Every logical name the model
+# uses must appear here: flax passes an unknown name through as a mesh axis name.
+LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    # parameters
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("mlp", "tensor"),
+    ("transform", "tensor"),
+    ("layers", None),
+    ("norm", None),
+    ("positions", None),
+    ("token_types", None),
+    # activations
+    ("act_batch", BATCH_AXES),
+    ("act_length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_head_dim", None),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
+)
+
+
+def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """Builds a (data, fsdp, tensor) mesh; one -1 entry takes the remaining devices."""
+    devices = list(jax.devices() if devices is None else devices)
+    shape = list(shape)
+    if shape.count(-1) == 1:
+        known = math.prod(s for s in shape if s != -1)
+        if len(devices) % known:
+            raise ConfigError(
+                f"mesh.shape={tuple(shape)}: {len(devices)} devices do not divide by the fixed axes' product {known}")
+        shape[shape.index(-1)] = len(devices) // known
+    if math.prod(shape) != len(devices):
+        raise ConfigError(
+            f"mesh.shape={tuple(shape)} needs {math.prod(shape)} devices but this job has {len(devices)}; "
+            "accepted: sizes whose product is the device count (one may be -1)")
+    device_grid = np.asarray(devices).reshape(shape)
+    return Mesh(device_grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+@contextlib.contextmanager
+def sharding_context(mesh: Mesh) -> Iterator[None]:
+    """Activates the mesh and the logical rules, for building models and tracing steps."""
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(LOGICAL_RULES):
+        yield
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Rows of a batch split over data and fsdp; the length axis whole."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def check_divisibility(mesh: Mesh, *, batch_size: int, num_heads: int) -> None:
+    """Fails before compiling when the batch or the heads do not split evenly."""
+    batch_ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    if batch_size % batch_ways:
+        raise ConfigError(
+            f"train.batch_size={batch_size} does not divide by data*fsdp={batch_ways} of mesh {dict(mesh.shape)}")
+    if num_heads % mesh.shape["tensor"]:
+        raise ConfigError(
+            f"model.num_heads={num_heads} does not divide by tensor={mesh.shape['tensor']} of mesh {dict(mesh.shape)}")
+
+
+def process_rows(global_batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """This process's contiguous block of a global batch's rows."""
+    count, index = jax.process_count(), jax.process_index()
+    return {k: np.array_split(v, count)[index] for k, v in global_batch.items()}
+
+
+def to_global(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Assembles each process's rows into one global array, rows split over data and fsdp."""
+    sharding = batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}

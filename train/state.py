@@ -1,0 +1,80 @@
+"""The train state, born sharded: parameters and optimizer state are created on the mesh.
+
+The state is a plain pytree `{"step", "params", "opt_state"}` whose params are a pure
+dict of arrays (what `nnx.merge` takes back), so checkpoints hold no Flax classes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from model.config import ModelConfig
+from model.encoder import BertMLM
+from train.mesh import replicated, sharding_context
+
+TrainState = dict[str, Any]
+
+
+def model_factory(cfg: ModelConfig) -> Callable[[int], nnx.Module]:
+    """A function of an init seed that builds the model; one place that picks the class."""
+    return lambda seed: BertMLM(cfg, rngs=nnx.Rngs(seed))
+
+
+@dataclasses.dataclass(frozen=True)
+class StateLayout:
+    """The graph of the model and the shape, dtype and sharding of every state leaf."""
+
+    graphdef: Any
+    abstract: TrainState  # jax.ShapeDtypeStruct leaves carrying their NamedSharding
+    shardings: TrainState
+
+    @property
+    def param_count(self) -> int:
+        return sum(x.size for x in jax.tree.leaves(self.abstract["params"]))
+
+
+def param_shardings(model_cfg: ModelConfig, mesh: Mesh) -> tuple[Any, Any, Any]:
+    """(graphdef, abstract params, param shardings) from the model's logical axis names."""
+    with sharding_context(mesh):
+        abstract_model = nnx.eval_shape(lambda: model_factory(model_cfg)(0))
+        graphdef, abstract_state = nnx.split(abstract_model)
+        specs = nnx.to_pure_dict(nnx.get_partition_spec(abstract_state))
+    params = nnx.to_pure_dict(abstract_state)
+    shardings = jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
+                             is_leaf=lambda x: isinstance(x, PartitionSpec))
+    return graphdef, params, shardings
+
+
+def state_layout(model_cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh) -> StateLayout:
+    """Shapes and shardings of the whole train state, computed without allocating it."""
+    graphdef, abstract_params, p_shardings = param_shardings(model_cfg, mesh)
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    # Optimizer moments shard like their parameters; counts and scalars are replicated.
+    opt_shardings = optax.tree_map_params(
+        tx, lambda _, sharding: sharding, abstract_opt, p_shardings,
+        transform_non_params=lambda _: replicated(mesh))
+    shardings = {"step": replicated(mesh), "params": p_shardings, "opt_state": opt_shardings}
+    abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": abstract_params,
+         "opt_state": abstract_opt}, shardings)
+    return StateLayout(graphdef, abstract, shardings)
+
+
+def init_state(model_cfg: ModelConfig, tx: optax.GradientTransformation, layout: StateLayout,
+               mesh: Mesh, seed: int) -> TrainState:
+    """Creates parameters and optimizer state directly in their shards: no full host copy."""
+
+    def init() -> TrainState:
+        params = nnx.to_pure_dict(nnx.state(model_factory(model_cfg)(seed)))
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+    with sharding_context(mesh):
+        return jax.jit(init, out_shardings=layout.shardings)()

@@ -1,0 +1,115 @@
+"""The jitted train and eval steps: pure functions of (state, batch) with explicit shardings."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from train.losses import mlm_sums
+from train.masking import MaskingSpec, mask_tokens
+from train.mesh import batch_sharding, replicated, sharding_context
+from train.state import StateLayout, TrainState
+
+Batch = dict[str, jax.Array]
+BATCH_KEYS = ("tokens", "segment_ids", "positions")
+
+# Key streams derived from the run seed; eval masks never depend on the train step.
+_TRAIN_STREAM, _EVAL_STREAM = 0, 1
+
+
+def _mlm_forward(graphdef: Any, params: Any, batch: Batch, masked: tuple[jax.Array, ...],
+                 dropout_key: jax.Array | None) -> dict[str, jax.Array]:
+    """Runs the model on the masked inputs and returns loss/accuracy sums."""
+    inputs_BL, targets_BL, weights_BL = masked
+    model = nnx.merge(graphdef, params)
+    logits_BLV = model(inputs_BL, batch["segment_ids"], batch["positions"], dropout_key=dropout_key)
+    sums = mlm_sums(logits_BLV, targets_BL, weights_BL)
+    sums["tokens"] = jnp.sum(batch["segment_ids"] > 0).astype(jnp.float32)
+    return sums
+
+
+def train_step(state: TrainState, batch: Batch, *, graphdef: Any, tx: optax.GradientTransformation,
+               schedule: optax.Schedule, spec: MaskingSpec, seed: int) -> tuple[TrainState, dict]:
+    """One AdamW step on the mean masked-token cross-entropy of the global batch."""
+    step = state["step"]
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _TRAIN_STREAM), step)
+    mask_key, dropout_key = jax.random.split(key)
+    masked = mask_tokens(mask_key, batch["tokens"], spec)
+
+    def loss_fn(params):
+        sums = _mlm_forward(graphdef, params, batch, masked, dropout_key)
+        return sums["loss_sum"] / jnp.maximum(sums["count"], 1.0), sums
+
+    (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics = {
+        "loss": loss,
+        "accuracy": sums["correct"] / jnp.maximum(sums["count"], 1.0),
+        "grad_norm": optax.global_norm(grads),
+        "learning_rate": schedule(step),
+        "tokens": sums["tokens"],
+        "masked": sums["count"],
+    }
+    return {"step": step + 1, "params": params, "opt_state": opt_state}, metrics
+
+
+def eval_step(params: Any, batch: Batch, index: jax.Array, *, graphdef: Any, spec: MaskingSpec,
+              seed: int, baseline_token: int) -> dict[str, jax.Array]:
+    """Sums over one held-out batch, masked by (seed, batch index) so every eval sees the same masks."""
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _EVAL_STREAM), index)
+    masked = mask_tokens(key, batch["tokens"], spec)
+    sums = _mlm_forward(graphdef, params, batch, masked, None)
+    _, targets_BL, weights_BL = masked
+    sums["baseline_correct"] = jnp.sum((targets_BL == baseline_token) * weights_BL)
+    return sums
+
+
+def compile_train_step(layout: StateLayout, mesh: Mesh, **kwargs) -> Callable[[TrainState, Batch], tuple]:
+    """`train_step` under jax.jit with the state's shardings, donating the old state."""
+    batch_shardings = {k: batch_sharding(mesh) for k in BATCH_KEYS}
+    jitted = jax.jit(
+        functools.partial(train_step, graphdef=layout.graphdef, **kwargs),
+        in_shardings=(layout.shardings, batch_shardings),
+        out_shardings=(layout.shardings, replicated(mesh)),
+        donate_argnums=0)
+    return _in_context(jitted, mesh)
+
+
+def compile_eval_step(layout: StateLayout, mesh: Mesh, **kwargs) -> Callable[..., dict]:
+    """`eval_step` under jax.jit; reads the params without donating them."""
+    batch_shardings = {k: batch_sharding(mesh) for k in BATCH_KEYS}
+    jitted = jax.jit(
+        functools.partial(eval_step, graphdef=layout.graphdef, **kwargs),
+        in_shardings=(layout.shardings["params"], batch_shardings, replicated(mesh)),
+        out_shardings=replicated(mesh))
+    return _in_context(jitted, mesh)
+
+
+def _in_context(fn: Callable, mesh: Mesh) -> Callable:
+    """Traces and runs `fn` with the mesh and logical rules active (for activation constraints)."""
+
+    @functools.wraps(fn)
+    def wrapped(*args):
+        with sharding_context(mesh):
+            return fn(*args)
+
+    return wrapped
+
+
+def compile_forward(layout: StateLayout, mesh: Mesh) -> Callable[[Any, Batch], jax.Array]:
+    """Deterministic logits for a batch (fill-mask, evaluation of given text)."""
+
+    def forward(params: Any, batch: Batch) -> jax.Array:
+        model = nnx.merge(layout.graphdef, params)
+        return model(batch["tokens"], batch["segment_ids"], batch["positions"])
+
+    batch_shardings = {k: batch_sharding(mesh) for k in BATCH_KEYS}
+    jitted = jax.jit(forward, in_shardings=(layout.shardings["params"], batch_shardings))
+    return _in_context(jitted, mesh)

@@ -1,1 +1,33 @@
-"""Flax NNX transformer modules: embeddings, attention, MLP, blocks, stacks and heads."""
+"""Flax NNX transformer modules: embeddings, attention, MLP, blocks, stacks and heads.
+
+Every parameter carries logical axis names in its `out_sharding` metadata, and the
+activations are constrained with names of their own. The rules table in `train/` must
+name every one of them (flax passes an unknown name through as a mesh axis name).
+
+Parameter names (path in `BertMLM`: names; `layers` leads every stacked parameter):
+
+    vocab      embeddings.word.embedding ('vocab','embed'); head.bias ('vocab',)
+    embed      embeddings.{word,position,token_type}.embedding; attention and MLP kernels;
+               attention.out.bias, mlp.down.bias ('embed',); head.transform.kernel
+    heads      attention.{query,key,value}.kernel ('embed','heads','head_dim'),
+               their biases ('heads','head_dim'); attention.out.kernel ('heads','head_dim','embed')
+    kv_heads   key/value kernels and biases instead of `heads` when num_kv_heads < num_heads
+               (grouped-query attention; unused by BERT)
+    head_dim   the per-head feature axis of q/k/v/out
+    mlp        mlp.up.kernel ('embed','mlp'), mlp.up.bias ('mlp',), mlp.down.kernel ('mlp','embed')
+    transform  head.transform.kernel ('embed','transform'), head.transform.bias ('transform',)
+    norm       every LayerNorm scale and bias ('norm',)
+    layers     the stacked-layer axis of every parameter under `layers.`
+    None       the row axis of the position and token-type tables
+
+Activation names: act_batch, act_length, act_embed, act_heads, act_kv_heads,
+act_head_dim, act_mlp, act_vocab (act_vocab also lays out the word table for the
+embedding lookup, whose `embed` axis is gathered whole first). Constraints apply only while both a mesh
+(`jax.set_mesh`) and rules (`nnx.logical_axis_rules`) are active at trace time; without
+them the model runs on one device with no context at all.
+"""
+
+from model.config import ModelConfig
+from model.encoder import BertMLM
+
+__all__ = ["BertMLM", "ModelConfig"]

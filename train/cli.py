@@ -8,7 +8,7 @@ import sys
 import tempfile
 from typing import Callable, Sequence
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from train.config import Config, ConfigError, load_config
 
@@ -62,6 +62,8 @@ def run(main: Callable[[list[str]], None]) -> None:
     """app.run with user errors printed as one line (exit 2); --debug shows the traceback."""
 
     def guarded(argv: list[str]) -> None:
+        # Orbax and JAX log progress at INFO through absl; keep stdout for meshlm's lines.
+        logging.set_verbosity(logging.DEBUG if flags.FLAGS.debug else logging.WARNING)
         try:
             main(argv)
         except (ConfigError, FileNotFoundError, ValueError) as e:

@@ -16,7 +16,7 @@ from data.store import PreparedData, prepare_builtin
 from train.checkpoint import Checkpoints
 from train.config import Config, ConfigError, config_from_json
 from train.evaluation import evaluate, most_frequent_token
-from train.masking import MaskingSpec
+from train.masking import MaskingSpec, prediction_budget
 from train.mesh import check_divisibility, make_mesh, to_global
 from train.metrics import MetricWriter, ProgressBar
 from train.optimizer import make_optimizer
@@ -43,7 +43,8 @@ def masking_spec(config: Config, data: PreparedData) -> MaskingSpec:
         mask_id=tok.mask_id, vocab_size=config.model.vocab_size,
         special_ids=tuple(int(i) for i in tok.special_ids()), probability=d.mlm_probability,
         mask_ratio=d.mask_token_ratio, random_ratio=d.random_token_ratio,
-        word_start_table=tok.word_start_table() if d.whole_word_masking else None)
+        word_start_table=tok.word_start_table() if d.whole_word_masking else None,
+        max_predictions=prediction_budget(d.seq_len, d.mlm_probability))
 
 
 def checkpoint_meta(config: Config, data: PreparedData) -> dict[str, Any]:
@@ -106,16 +107,26 @@ def train(config: Config, workdir: pathlib.Path) -> dict[str, float]:
     for step in range(start, t.steps):
         batch = to_global(batches.batch(step, jax.process_index(), jax.process_count()), mesh)
         state, metrics = train_step(state, batch)
+        if step == start:  # the first call compiles: time it apart from throughput
+            started = time.perf_counter()
+            jax.block_until_ready(metrics)
+            log(f"first step (compile and run) took {time.perf_counter() - window.started:.1f}s")
+            window.started = started
         if pending is not None:  # one step late: the host waits on step-1 while step runs
             _record(window, writer, bar, *pending, t.log_every)
         pending = (step + 1, metrics)
         done = step + 1
-        if done % t.checkpoint_every == 0 or done == t.steps:
+        save = done % t.checkpoint_every == 0 or done == t.steps
+        evaluate_now = (t.eval_every and done % t.eval_every == 0) or done == t.steps
+        if save or evaluate_now:  # these wait on this step anyway: log it first
+            _record(window, writer, bar, *pending, t.log_every, force=done == t.steps)
+            pending = None
+        if save:
             checkpoints.save(done, state, meta)
-        if (t.eval_every and done % t.eval_every == 0) or done == t.steps:
+        if evaluate_now:
+            eval_started = time.perf_counter()
             final = run_eval(done)
-    if pending is not None:
-        _record(window, writer, bar, *pending, t.log_every, force=True)
+            window.started += time.perf_counter() - eval_started  # not training throughput
     if start >= t.steps:  # nothing left to train: report the saved model
         final = run_eval(start)
     checkpoints.wait()

@@ -12,7 +12,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from train.losses import mlm_sums
-from train.masking import MaskingSpec, mask_tokens
+from train.masking import MaskingSpec, gather_predictions, mask_tokens, prediction_positions
 from train.mesh import batch_sharding, replicated, sharding_context
 from train.state import StateLayout, TrainState
 
@@ -24,12 +24,18 @@ _TRAIN_STREAM, _EVAL_STREAM = 0, 1
 
 
 def _mlm_forward(graphdef: Any, params: Any, batch: Batch, masked: tuple[jax.Array, ...],
-                 dropout_key: jax.Array | None) -> dict[str, jax.Array]:
-    """Runs the model on the masked inputs and returns loss/accuracy sums."""
+                 spec: MaskingSpec, dropout_key: jax.Array | None) -> dict[str, jax.Array]:
+    """Runs the model on the masked inputs and returns loss/accuracy sums.
+
+    With a prediction budget the vocabulary projection runs only on the chosen positions.
+    """
     inputs_BL, targets_BL, weights_BL = masked
     model = nnx.merge(graphdef, params)
-    logits_BLV = model(inputs_BL, batch["segment_ids"], batch["positions"], dropout_key=dropout_key)
-    sums = mlm_sums(logits_BLV, targets_BL, weights_BL)
+    hidden_BLD = model.encode(inputs_BL, batch["segment_ids"], batch["positions"], dropout_key=dropout_key)
+    if spec.max_predictions is not None:
+        positions_BK = prediction_positions(weights_BL, spec.max_predictions)
+        hidden_BLD, targets_BL, weights_BL = gather_predictions(positions_BK, hidden_BLD, targets_BL, weights_BL)
+    sums = mlm_sums(model.logits(hidden_BLD), targets_BL, weights_BL)
     sums["tokens"] = jnp.sum(batch["segment_ids"] > 0).astype(jnp.float32)
     return sums
 
@@ -43,7 +49,7 @@ def train_step(state: TrainState, batch: Batch, *, graphdef: Any, tx: optax.Grad
     masked = mask_tokens(mask_key, batch["tokens"], spec)
 
     def loss_fn(params):
-        sums = _mlm_forward(graphdef, params, batch, masked, dropout_key)
+        sums = _mlm_forward(graphdef, params, batch, masked, spec, dropout_key)
         return sums["loss_sum"] / jnp.maximum(sums["count"], 1.0), sums
 
     (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
@@ -65,7 +71,7 @@ def eval_step(params: Any, batch: Batch, index: jax.Array, *, graphdef: Any, spe
     """Sums over one held-out batch, masked by (seed, batch index) so every eval sees the same masks."""
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _EVAL_STREAM), index)
     masked = mask_tokens(key, batch["tokens"], spec)
-    sums = _mlm_forward(graphdef, params, batch, masked, None)
+    sums = _mlm_forward(graphdef, params, batch, masked, spec, None)
     _, targets_BL, weights_BL = masked
     sums["baseline_correct"] = jnp.sum((targets_BL == baseline_token) * weights_BL)
     return sums

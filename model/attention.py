@@ -1,0 +1,97 @@
+"""Self-attention over packed rows: masks from segment ids, explicit einsum math.
+
+Built for both model families: `causal` switches the mask to left-to-right and
+`num_kv_heads < num_heads` gives grouped-query attention (each key/value head serves
+`num_heads // num_kv_heads` query heads). The mask is its own function so a fused
+`jax.nn.dot_product_attention` path can take it unchanged.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from model.dropout import dropout
+from model.sharding import constrain, param_init
+
+# Fill for masked logits: softmax runs in float32, where this underflows exp() to zero.
+MASKED_LOGIT = float(jnp.finfo(jnp.float32).min)
+
+
+def attention_mask(segment_ids_q: jax.Array, segment_ids_k: jax.Array, causal: bool = False) -> jax.Array:
+    """Which keys each query may see, bool [B, 1, Lq, Lk]: same segment (and not later, if causal).
+
+    Padding (segment 0) attends to padding, so its softmax stays defined; its outputs
+    are ignored downstream.
+    """
+    mask = segment_ids_q[:, :, None] == segment_ids_k[:, None, :]
+    if causal:
+        q_index = jnp.arange(segment_ids_q.shape[1])[:, None]
+        k_index = jnp.arange(segment_ids_k.shape[1])[None, :]
+        mask = mask & (q_index >= k_index)[None]
+    return mask[:, None]
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *,
+                          dropout_rate: float = 0.0, dropout_key: jax.Array | None = None) -> jax.Array:
+    """softmax(q k^T / sqrt(d)) v with float32 softmax; q [B,L,H,D], k/v [B,S,K,D] -> [B,L,H,D]."""
+    batch, length, num_heads, head_dim = q.shape
+    num_kv_heads = k.shape[2]
+    q = q.reshape(batch, length, num_kv_heads, num_heads // num_kv_heads, head_dim)
+    scores = jnp.einsum("blkgd,bskd->bkgls", q, k, preferred_element_type=jnp.float32)
+    scores = scores * (head_dim ** -0.5)
+    scores = jnp.where(mask[:, :, None], scores, MASKED_LOGIT)  # mask [B,1,1,L,S]
+    probs = jax.nn.softmax(scores, axis=-1)
+    probs = dropout(probs, dropout_rate, dropout_key)
+    out = jnp.einsum("bkgls,bskd->blkgd", probs.astype(v.dtype), v)
+    return out.reshape(batch, length, num_heads, head_dim)
+
+
+def _head_projection(hidden: int, heads: int, head_dim: int, heads_name: str, *, init_std: float,
+                     dtype: jnp.dtype, param_dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.Einsum:
+    """hidden -> [heads, head_dim] with bias; kernel reshapes to HF's [heads*head_dim, hidden]."""
+    return nnx.Einsum(
+        "bld,dhk->blhk", (hidden, heads, head_dim), (heads, head_dim),
+        kernel_init=param_init(nnx.initializers.normal(init_std), ("embed", heads_name, "head_dim")),
+        bias_init=param_init(nnx.initializers.zeros_init(), (heads_name, "head_dim")),
+        dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+
+class Attention(nnx.Module):
+    """Multi-head (or grouped-query) self-attention with biased q/k/v/out projections."""
+
+    def __init__(self, hidden: int, num_heads: int, head_dim: int, *, num_kv_heads: int = 0,
+                 causal: bool = False, dropout_rate: float = 0.0, init_std: float = 0.02,
+                 dtype: jnp.dtype = jnp.float32, param_dtype: jnp.dtype = jnp.float32,
+                 rngs: nnx.Rngs):
+        num_kv_heads = num_kv_heads or num_heads
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_heads={num_heads} is not a multiple of num_kv_heads={num_kv_heads}")
+        grouped = num_kv_heads != num_heads
+        # Plain multi-head k/v shard like q; grouped k/v have their own (smaller) axis.
+        kv_name = "kv_heads" if grouped else "heads"
+        self.kv_act_name = "act_kv_heads" if grouped else "act_heads"
+        common = dict(init_std=init_std, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.query = _head_projection(hidden, num_heads, head_dim, "heads", **common)
+        self.key = _head_projection(hidden, num_kv_heads, head_dim, kv_name, **common)
+        self.value = _head_projection(hidden, num_kv_heads, head_dim, kv_name, **common)
+        self.out = nnx.Einsum(
+            "blhk,hkd->bld", (num_heads, head_dim, hidden), (hidden,),
+            kernel_init=param_init(nnx.initializers.normal(init_std), ("heads", "head_dim", "embed")),
+            bias_init=param_init(nnx.initializers.zeros_init(), ("embed",)),
+            dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.causal = causal
+        self.dropout_rate = dropout_rate
+
+    def __call__(self, x: jax.Array, segment_ids: jax.Array, *,
+                 dropout_key: jax.Array | None = None) -> jax.Array:
+        """Attends within each packed document of a row; x [B, L, hidden] -> [B, L, hidden]."""
+        q = constrain(self.query(x), ("act_batch", "act_length", "act_heads", "act_head_dim"))
+        kv_names = ("act_batch", "act_length", self.kv_act_name, "act_head_dim")
+        k = constrain(self.key(x), kv_names)
+        v = constrain(self.value(x), kv_names)
+        mask = attention_mask(segment_ids, segment_ids, self.causal)
+        out = dot_product_attention(q, k, v, mask, dropout_rate=self.dropout_rate, dropout_key=dropout_key)
+        out = constrain(out, ("act_batch", "act_length", "act_heads", "act_head_dim"))
+        return constrain(self.out(out), ("act_batch", "act_length", "act_embed"))

@@ -17,12 +17,15 @@ PY="$VENV/bin/python"
 
 die() { echo "launch.sh: $*" >&2; exit 2; }
 
+file_hash() { if command -v sha256sum >/dev/null; then sha256sum "$1"; else shasum -a 256 "$1"; fi | cut -d' ' -f1; }
+
 # Creates the venv and installs pyproject's dependencies (plus extras) unless the stamp
 # says this exact pyproject.toml and extras set are already installed.
 ensure_venv() {
   local extras="$1"
-  local want
-  want="$(sha256sum pyproject.toml | cut -d' ' -f1) extras=[$extras]"
+  local hash want
+  hash="$(file_hash pyproject.toml)"
+  want="$hash extras=[$extras]"
   if [[ -f "$VENV/.meshlm-stamp" ]] && grep -qxF "$want" "$VENV/.meshlm-stamp"; then
     return 0
   fi
@@ -42,9 +45,10 @@ ensure_venv() {
   local e
   for e in ${extras//,/ }; do extra_args+=(--extra "$e"); done
   # .pyc files matter: imports are 2x slower without them and PYTHONDONTWRITEBYTECODE may be set.
-  "$VENV/bin/uv" pip install -q --python "$PY" --compile-bytecode -r pyproject.toml "${extra_args[@]}"
-  # A stamp line per extras set, so `demo` after `test` does not reinstall.
-  { grep -v "^$(sha256sum pyproject.toml | cut -d' ' -f1) " "$VENV/.meshlm-stamp" 2>/dev/null || true
+  "$VENV/bin/uv" pip install -q --python "$PY" --compile-bytecode -r pyproject.toml ${extra_args[@]+"${extra_args[@]}"}
+  # One stamp line per extras set installed from this pyproject, so `demo` after `test`
+  # does not reinstall; lines of an older pyproject are dropped.
+  { grep "^$hash " "$VENV/.meshlm-stamp" 2>/dev/null | grep -vxF "$want" || true
     echo "$want"; } >"$VENV/.meshlm-stamp.new"
   mv "$VENV/.meshlm-stamp.new" "$VENV/.meshlm-stamp"
 }
@@ -79,7 +83,7 @@ case "$cmd" in
     exec "$PY" -m "$module" "$@"
     ;;
   ""|-h|--help|help)
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
     ;;
   *)
     die "unknown command '$cmd'; accepted: demo, test, train, run (see ./launch.sh --help)"

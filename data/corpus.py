@@ -2,8 +2,8 @@
 
 It is made at run time from source files (parsed with `ast`, never imported), so a demo
 needs no download, and it is deterministic for one install: roots and files are walked in
-sorted order. The result is cached under a key of the Python version and the installed
-distributions, one document per line, with about 2% of documents held out for validation.
+sorted order. The result is cached under a key of the Python version and the versions of
+the corpus distributions, one document per line, with about 2% of documents held out for validation.
 """
 
 import dataclasses
@@ -12,6 +12,7 @@ import importlib.metadata
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -22,7 +23,12 @@ from collections.abc import Iterator
 from data import docstrings
 
 # Bump when the extraction or filtering changes, so old caches are not reused.
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2
+# meshlm's core dependencies: their docstrings, and those of everything they require,
+# join the standard library's. Extras (pytest, torch) are not followed, so installing
+# them changes neither the corpus nor its cache key.
+CORPUS_ROOT_DISTRIBUTIONS = ("absl-py", "flax", "jax", "numpy", "optax", "orbax-checkpoint",
+                             "sentencepiece", "tensorboardX", "tensorflow-datasets", "tqdm")
 VALIDATION_PERCENT = 2
 MAX_FILE_BYTES = 1_000_000
 # Below this cap a build reads files in-process, since it stops early anyway.
@@ -87,8 +93,7 @@ def read_documents(path: str | os.PathLike) -> list[str]:
 
 def _cache_key(max_bytes: int | None) -> str:
     """A short hash of everything that decides the corpus contents."""
-    dists = sorted({(d.metadata["Name"] or "", d.version or "")
-                    for d in importlib.metadata.distributions()})
+    dists = sorted(corpus_distributions().items())
     identity = {"python": sys.version, "dists": dists, "max_bytes": max_bytes,
                 "version": CORPUS_VERSION}
     return hashlib.blake2b(json.dumps(identity).encode(), digest_size=8).hexdigest()
@@ -153,12 +158,40 @@ def _unique_documents(scratch: pathlib.Path, max_bytes: int | None) -> Iterator[
             yield doc
 
 
+def _normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def corpus_distributions() -> dict[str, str]:
+    """{distribution: version} of CORPUS_ROOT_DISTRIBUTIONS and all they require (no extras)."""
+    found: dict[str, str] = {}
+    pending = list(CORPUS_ROOT_DISTRIBUTIONS)
+    while pending:
+        name = _normalized(pending.pop())
+        if name in found:
+            continue
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue  # an optional platform dependency that is not installed here
+        found[name] = dist.version
+        pending.extend(re.split(r"[\s;<>=!~\[(]", r, maxsplit=1)[0]
+                       for r in dist.requires or [] if "extra ==" not in r)
+    return found
+
+
 def source_files() -> list[str]:
-    """The .py files of the standard library, then site-packages, in sorted walk order."""
+    """The .py files of the standard library, then of the corpus distributions, in sorted order."""
     paths = sysconfig.get_paths()
-    roots = [paths["stdlib"]] + sorted({paths["purelib"], paths["platlib"]})
+    wanted = set(corpus_distributions())
+    packages = sorted(top for top, dists in importlib.metadata.packages_distributions().items()
+                      if "/" not in top and any(_normalized(d) in wanted for d in dists))
+    site_dirs = sorted({paths["purelib"], paths["platlib"]})
+    roots = [paths["stdlib"]] + [os.path.join(site, top) for top in packages for site in site_dirs]
     files = []
     for root in roots:
+        if os.path.isfile(root + ".py"):  # a top-level module rather than a package
+            files.append(root + ".py")
         for directory, subdirs, names in os.walk(root):
             subdirs[:] = sorted(d for d in subdirs if _keep_dir(d))
             files.extend(os.path.join(directory, n) for n in sorted(names) if _keep_file(n))

@@ -32,6 +32,7 @@ class PreparedData:
     train: PackedRows
     validation: PackedRows
     corpus: CorpusFiles
+    key: str  # names the tokenizer, corpus and packing: equal keys mean equal rows
 
 
 def prepare_builtin(workdir: str | os.PathLike, *, cache_dir: str | os.PathLike, seq_len: int,
@@ -44,11 +45,12 @@ def prepare_builtin(workdir: str | os.PathLike, *, cache_dir: str | os.PathLike,
     corpus = builtin_corpus(cache_dir, max_bytes)
     tokenizer = load_or_train_tokenizer(workdir / "tokenizer.model", corpus.train,
                                         vocab_size=vocab_size, model_type=model_type)
-    store = workdir / "data" / _store_key(tokenizer, corpus, seq_len)
+    key = _store_key(tokenizer, corpus, seq_len)
+    store = workdir / "data" / key
     if not store.is_dir():
         _build_store(store, tokenizer, corpus, seq_len)
     return PreparedData(tokenizer=tokenizer, train=PackedRows.load(store / "train"),
-                        validation=PackedRows.load(store / "validation"), corpus=corpus)
+                        validation=PackedRows.load(store / "validation"), corpus=corpus, key=key)
 
 
 def _store_key(tokenizer: Tokenizer, corpus: CorpusFiles, seq_len: int) -> str:

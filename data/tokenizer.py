@@ -40,6 +40,8 @@ class Tokenizer:
         self._cls_id, self._sep_id, self._mask_id = (
             self._symbol_id(p) for p in (CLS_PIECE, SEP_PIECE, MASK_PIECE))
         self._aliases = self._word_aliases()
+        space = self._sp.piece_to_id("\u2581")
+        self._space_id = space if self._sp.id_to_piece(space) == "\u2581" else None
 
     def _symbol_id(self, piece: str) -> int:
         """The id of a required special piece; an error if the model lacks it."""
@@ -97,21 +99,34 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of one text, without any special ids added."""
-        return self._unalias(self._sp.encode(text))
+        return self._clean(self._sp.encode(text))
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Token ids of many texts, encoded on all cores by sentencepiece."""
         batch = self._sp.encode(list(texts), num_threads=os.cpu_count() or 1)
-        return [self._unalias(ids) for ids in batch] if self._aliases else batch
+        return [self._clean(ids) for ids in batch]
 
-    def _unalias(self, ids: list[int]) -> list[int]:
-        """Word models only: "[MASK]" in text comes out as mask_id, not as a '▁[MASK]' word."""
-        return [self._aliases.get(i, i) for i in ids] if self._aliases else ids
+    def _clean(self, ids: list[int]) -> list[int]:
+        """Makes "[MASK]" in text encode as training masks it: one mask id in the word's place.
+
+        Word models emit '▁[MASK]'-style pieces (mapped back to the special ids), and the
+        others emit a lone '▁' before a user-defined symbol, which training never sees.
+        """
+        if self._aliases:
+            ids = [self._aliases.get(i, i) for i in ids]
+        if self._space_id is None or self._mask_id not in ids:
+            return ids
+        return [i for k, i in enumerate(ids)
+                if not (i == self._space_id and k + 1 < len(ids) and ids[k + 1] == self._mask_id)]
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
         """Text of ids, dropping pad, cls and sep; a mask id reads as "[MASK]"."""
         skip = {self._pad_id, self._cls_id, self._sep_id}
-        return self._sp.decode([int(i) for i in np.asarray(ids).reshape(-1) if int(i) not in skip])
+        kept = [int(i) for i in np.asarray(ids).reshape(-1) if int(i) not in skip]
+        if self._space_id is not None:  # undo _clean: a mask stands for a whole word
+            kept = [j for k, i in enumerate(kept)
+                    for j in ((self._space_id, i) if i == self._mask_id and k > 0 else (i,))]
+        return self._sp.decode(kept)
 
     def id_to_piece(self, i: int) -> str:
         """The vocabulary piece of one id, for inspecting tokenizations."""

@@ -6,7 +6,7 @@ import re
 import pytest
 
 from data import corpus as corpus_module
-from data.corpus import builtin_corpus, is_validation, read_documents, source_files
+from data.corpus import builtin_corpus, corpus_distributions, is_validation, read_documents, source_files
 from data.docstrings import MAX_DOC_BYTES, docstring_documents, file_documents
 from tests.data_fixtures import SMALL_CORPUS_BYTES, small_corpus
 
@@ -167,3 +167,12 @@ def test_bad_arguments_are_clear_errors(tmp_path):
     assert list(tmp_path.iterdir()) == [], "a failed build leaves nothing behind"
     with pytest.raises(FileNotFoundError, match="no corpus file at .*missing.txt"):
         read_documents(tmp_path / "missing.txt")
+
+
+def test_corpus_follows_core_dependencies_not_extras():
+    dists = corpus_distributions()
+    assert {"jax", "flax", "numpy", "scipy"} <= set(dists), "core dependencies and their requirements"
+    assert "pytest" not in dists and "pluggy" not in dists, "the test extra must not change the corpus"
+    files = source_files()
+    assert not any("/_pytest/" in f or "/pytest/" in f for f in files)
+    assert any("/flax/" in f for f in files) and any("/json/" in f for f in files)

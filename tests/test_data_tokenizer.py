@@ -43,6 +43,8 @@ def test_special_ids_are_fixed(tok):
 def test_mask_text_encodes_to_mask_id_and_decodes_readably(tok):
     ids = tok.encode("The [MASK] returns an array.")
     assert ids.count(tk.MASK_ID) == 1
+    # As training masks a word: the mask id takes the word's place, no lone "▁" before it.
+    assert tok.id_to_piece(ids[ids.index(tk.MASK_ID) - 1]) != "\u2581"
     assert tok.decode(ids) == "The [MASK] returns an array."
 
 

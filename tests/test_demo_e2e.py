@@ -31,9 +31,11 @@ def test_demo_trains_resumes_and_fills_masks(tmp_path):
     assert "built-in corpus:" in first and "resumed" not in first
     assert "held-out MLM accuracy" in first and "baseline" in first
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4]
+    tokenizer_mtime = (workdir / "tokenizer.model").stat().st_mtime_ns
 
     second = _run("train.main", *QUICK, f"--workdir={workdir}", "--config.train.steps=6", cache=cache)
     assert "resumed from checkpoint step 4" in second
+    assert (workdir / "tokenizer.model").stat().st_mtime_ns == tokenizer_mtime, "tokenizer retrained"
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     train_steps = [r["step"] for r in records if r["split"] == "train"]
     assert train_steps == [1, 2, 3, 4, 5, 6], train_steps

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from train.masking import MaskingSpec, mask_tokens
+from train.masking import MaskingSpec, gather_predictions, mask_tokens, prediction_budget
 
 VOCAB, SPECIALS, MASK_ID = 1000, (0, 1, 2, 3, 4), 4
 
@@ -83,3 +83,24 @@ def test_whole_word_masking_takes_whole_words(probability):
     chosen_words = sum(1 for row, rc in zip(tokens, chosen) for i, t in enumerate(row)
                        if t not in SPECIALS and (word_start[t] or row[i - 1] in SPECIALS) and rc[i])
     assert abs(chosen_words / words - probability) < 0.01
+
+
+def test_prediction_budget_caps_each_row_and_keeps_the_rate():
+    tokens = jnp.asarray(_tokens())
+    budget = prediction_budget(tokens.shape[1], 0.15)
+    spec = MaskingSpec(mask_id=MASK_ID, vocab_size=VOCAB, special_ids=SPECIALS, max_predictions=budget)
+    inputs, _, weights = jax.device_get(mask_tokens(jax.random.key(0), tokens, spec))
+    chosen = weights > 0
+    assert chosen.sum(axis=1).max() <= budget
+    # Capped tokens are neither predicted nor corrupted.
+    assert (inputs[~chosen] == np.asarray(tokens)[~chosen]).all()
+    rate = chosen.sum() / (~np.isin(np.asarray(tokens), SPECIALS)).sum()
+    assert abs(rate - 0.15) < 0.01, rate
+    hidden = np.random.default_rng(0).normal(size=tokens.shape + (3,)).astype(np.float32)
+    h, t, w = jax.device_get(gather_predictions(jnp.asarray(weights), budget, jnp.asarray(hidden), tokens))
+    for row in range(tokens.shape[0]):
+        where = np.flatnonzero(chosen[row])
+        n = where.size
+        np.testing.assert_array_equal(t[row, :n], np.asarray(tokens)[row, where])
+        np.testing.assert_array_equal(h[row, :n], hidden[row, where])
+        assert (w[row, :n] == 1).all() and (w[row, n:] == 0).all() and (h[row, n:] == 0).all()

@@ -6,7 +6,8 @@ import pytest
 
 from train.checkpoint import Checkpoints
 from train.config import OptimConfig
-from train.mesh import make_mesh, to_global
+from train.masking import budget_for_mesh
+from train.mesh import MESH_AXES, make_mesh, to_global
 from train.optimizer import make_optimizer
 from train.state import init_state, state_layout
 from train.steps import compile_train_step
@@ -14,17 +15,21 @@ from train.steps import compile_train_step
 from tests.train_fixtures import tiny_batch, tiny_config, tiny_spec
 
 
-def _setup(config, mesh_shape, devices=None):
+# 0.3 of 14 ordinary tokens a row is ~4 predictions; a budget of 5 caps some rows.
+BUDGET = 5
+
+
+def _setup(config, mesh_shape, devices=None, budget=BUDGET):
     mesh = make_mesh(mesh_shape, devices)
     tx, schedule = make_optimizer(config.optim, config.train.steps)
     layout = state_layout(config.model, tx, mesh)
     state = init_state(config.model, tx, layout, mesh, seed=0)
-    step = compile_train_step(layout, mesh, tx=tx, schedule=schedule, spec=tiny_spec(0.3), seed=0)
+    step = compile_train_step(layout, mesh, tx=tx, schedule=schedule, spec=tiny_spec(0.3, budget), seed=0)
     return mesh, layout, state, step
 
 
-def _losses(config, mesh_shape, steps, devices=None, rows=8):
-    mesh, _, state, step = _setup(config, mesh_shape, devices)
+def _losses(config, mesh_shape, steps, devices=None, rows=8, budget=BUDGET):
+    mesh, _, state, step = _setup(config, mesh_shape, devices, budget)
     batch = tiny_batch(rows)
     losses = []
     for _ in range(steps):
@@ -41,11 +46,20 @@ def test_tiny_model_overfits_a_batch():
     assert np.mean(losses[-20:]) < 0.3 * losses[0], losses[::20]
 
 
+def test_budget_equals_dense_projection_when_no_row_exceeds_it():
+    config = tiny_config()
+    # A budget as long as the row never drops a prediction: same loss as the dense head.
+    dense, _ = _losses(config, (1, 1, 1), 3, devices=jax.devices()[:1], budget=None)
+    budgeted, _ = _losses(config, (1, 1, 1), 3, devices=jax.devices()[:1], budget=16)
+    np.testing.assert_allclose(budgeted, dense, rtol=1e-5)
+
+
 @pytest.mark.parametrize("shape", [(8, 1, 1), (1, 8, 1), (1, 4, 2), (2, 2, 2)])
 def test_sharded_loss_equals_one_device(shape):
     config = tiny_config()
-    single, _ = _losses(config, (1, 1, 1), 5, devices=jax.devices()[:1])
-    sharded, _ = _losses(config, shape, 5)
+    budget = budget_for_mesh(BUDGET, dict(zip(MESH_AXES, shape)))  # as the trainer picks it
+    single, _ = _losses(config, (1, 1, 1), 5, devices=jax.devices()[:1], budget=budget)
+    sharded, _ = _losses(config, shape, 5, budget=budget)
     np.testing.assert_allclose(sharded, single, rtol=1e-5)
 
 

@@ -20,8 +20,9 @@ def tiny_config(**train) -> Config:
     )
 
 
-def tiny_spec(probability: float = 0.15) -> MaskingSpec:
-    return MaskingSpec(mask_id=4, vocab_size=VOCAB, special_ids=SPECIALS, probability=probability)
+def tiny_spec(probability: float = 0.15, max_predictions: int | None = None) -> MaskingSpec:
+    return MaskingSpec(mask_id=4, vocab_size=VOCAB, special_ids=SPECIALS, probability=probability,
+                       max_predictions=max_predictions)
 
 
 def tiny_batch(rows: int = 8, seq_len: int = 16, seed: int = 0) -> dict[str, np.ndarray]:

@@ -26,7 +26,11 @@ class Checkpoints:
         return list(self._manager.all_steps())
 
     def save(self, step: int, state: TrainState, meta: dict[str, Any]) -> None:
-        """Starts an asynchronous save; training continues while it is written."""
+        """Starts an asynchronous save; training continues while it is written.
+
+        Orbax copies every array to host memory before this returns, so the next train
+        step may donate (overwrite) the state's device buffers safely.
+        """
         self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
 

@@ -66,7 +66,7 @@ def run(main: Callable[[list[str]], None]) -> None:
         logging.set_verbosity(logging.DEBUG if flags.FLAGS.debug else logging.WARNING)
         try:
             main(argv)
-        except (ConfigError, FileNotFoundError, ValueError) as e:
+        except (ConfigError, OSError, ValueError) as e:
             if flags.FLAGS.debug:
                 raise
             hint = "" if isinstance(e, ConfigError) else " (rerun with --debug for the traceback)"

@@ -34,7 +34,6 @@ class DataConfig:
     source: str = "builtin"  # builtin: docstrings of the installed Python packages
     cache_dir: str = ""  # built corpora; "" means $MESHLM_CACHE or ~/.cache/meshlm
     max_corpus_bytes: int = 0  # 0: the whole built-in corpus; else a prefix (quick runs)
-    tokenizer: str = ""  # path of a sentencepiece model to use; "" trains one in the workdir
     tokenizer_type: str = "unigram"
     seq_len: int = 128  # packed row length, at most model.max_len
     mlm_probability: float = 0.15
@@ -51,7 +50,7 @@ class OptimConfig:
     schedule: str = "linear"  # after warmup: linear | cosine | constant
     warmup_steps: int = 100
     end_learning_rate_ratio: float = 0.0  # final rate as a fraction of the peak
-    weight_decay: float = 0.01  # not applied to biases, norms or position tables
+    weight_decay: float = 0.01  # not applied to biases or norm parameters
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-6
@@ -196,11 +195,13 @@ def validate(config: Config) -> None:
     _at_least(config, ["model.head_dim", "optim.warmup_steps", "train.eval_every",
                        "train.eval_batches", "data.max_corpus_bytes", "optim.weight_decay",
                        "optim.clip_norm", "optim.learning_rate", "model.init_std", "train.seed"], 0)
-    for key in ("model.dropout", "model.attention_dropout", "optim.b1", "optim.b2",
-                "optim.end_learning_rate_ratio"):
+    for key in ("model.dropout", "model.attention_dropout", "optim.b1", "optim.b2"):
         value = _get(config, key)
-        if not 0.0 <= value < 1.0 + (key == "optim.end_learning_rate_ratio"):
+        if not 0.0 <= value < 1.0:
             raise ConfigError(f"config key '{key}' got {value}; accepted: a number in [0, 1)")
+    if not 0.0 <= o.end_learning_rate_ratio <= 1.0:
+        raise ConfigError(f"config key 'optim.end_learning_rate_ratio' got {o.end_learning_rate_ratio}; "
+                          "accepted: a number in [0, 1]")
     if not 0.0 < d.mlm_probability < 1.0:
         raise ConfigError(f"config key 'data.mlm_probability' got {d.mlm_probability}; accepted: a number in (0, 1)")
     if d.mask_token_ratio < 0 or d.random_token_ratio < 0 or d.mask_token_ratio + d.random_token_ratio > 1:

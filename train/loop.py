@@ -1,99 +1,83 @@
-"""The training loop: data, mesh, state (fresh or resumed), steps, metrics, evals, checkpoints."""
+"""The training loop: mesh, data, state (fresh or resumed), steps, metrics, evals, checkpoints."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 
 from data.batches import StepBatches
-from data.store import PreparedData, prepare_builtin
+from data.store import PreparedData
 from train.checkpoint import Checkpoints
 from train.config import Config, ConfigError, config_from_json
 from train.evaluation import evaluate, most_frequent_token
-from train.masking import MaskingSpec, prediction_budget
+from train.inputs import check_same_data, data_identity, masking_spec, prepare_data
 from train.mesh import check_divisibility, make_mesh, to_global
 from train.metrics import MetricWriter, ProgressBar
 from train.optimizer import make_optimizer
-from train.state import init_state, state_layout
+from train.state import StateLayout, TrainState, init_state, state_layout
 from train.steps import compile_eval_step, compile_train_step
 
-
-def default_cache_dir() -> pathlib.Path:
-    return pathlib.Path(os.environ.get("MESHLM_CACHE", pathlib.Path.home() / ".cache" / "meshlm"))
-
-
-def prepare_data(config: Config, workdir: pathlib.Path) -> PreparedData:
-    """The corpus, tokenizer and packed rows for this config (built once, then reused)."""
-    d = config.data
-    return prepare_builtin(
-        workdir, cache_dir=d.cache_dir or default_cache_dir(), seq_len=d.seq_len,
-        vocab_size=config.model.vocab_size, model_type=d.tokenizer_type,
-        max_bytes=d.max_corpus_bytes or None)
+# Model fields that decide parameter shapes and dtypes; the rest may change on resume.
+_SHAPE_FIELDS = ("vocab_size", "max_len", "hidden", "num_layers", "num_heads", "head_dim",
+                 "mlp_dim", "param_dtype")
 
 
-def masking_spec(config: Config, data: PreparedData) -> MaskingSpec:
-    tok, d = data.tokenizer, config.data
-    return MaskingSpec(
-        mask_id=tok.mask_id, vocab_size=config.model.vocab_size,
-        special_ids=tuple(int(i) for i in tok.special_ids()), probability=d.mlm_probability,
-        mask_ratio=d.mask_token_ratio, random_ratio=d.random_token_ratio,
-        word_start_table=tok.word_start_table() if d.whole_word_masking else None,
-        max_predictions=prediction_budget(d.seq_len, d.mlm_probability))
-
-
-def checkpoint_meta(config: Config, data: PreparedData) -> dict[str, Any]:
-    return {"config": json.loads(config.to_json()), "tokenizer_sha256": data.tokenizer.sha256()}
-
-
-def check_resumable(config: Config, meta: dict[str, Any], step: int) -> None:
-    """A checkpoint resumes only into the same model architecture."""
+def check_resumable(config: Config, meta: dict[str, Any], data: PreparedData, step: int) -> None:
+    """A checkpoint resumes only into the same parameter shapes, tokenizer and data."""
     saved = config_from_json(json.dumps(meta["config"])).model
-    if saved != config.model:
-        diff = {f.name: (getattr(saved, f.name), getattr(config.model, f.name))
-                for f in dataclasses.fields(saved) if getattr(saved, f.name) != getattr(config.model, f.name)}
+    diff = {f: (getattr(saved, f), getattr(config.model, f)) for f in _SHAPE_FIELDS
+            if getattr(saved, f) != getattr(config.model, f)}
+    if diff:
         raise ConfigError(f"checkpoint step {step} was written by a different model: {diff} (saved, now); "
                           "use another --workdir or the saved model settings")
+    check_same_data(meta, data, f"checkpoint step {step}")
+
+
+def _start_state(config: Config, data: PreparedData, layout: StateLayout, tx, mesh,
+                 checkpoints: Checkpoints, log: Callable[[str], None]) -> tuple[TrainState, int]:
+    """The latest checkpoint restored onto this mesh, or a fresh state born sharded."""
+    start = checkpoints.latest_step()
+    if start is None:
+        return init_state(config.model, tx, layout, mesh, config.train.seed), 0
+    check_resumable(config, checkpoints.restore_meta(start), data, start)
+    state, _ = checkpoints.restore(start, layout.abstract)
+    log(f"resumed from checkpoint step {start} in {checkpoints.directory}")
+    return state, start
 
 
 def train(config: Config, workdir: pathlib.Path) -> dict[str, float]:
     """Trains (or resumes) to config.train.steps; returns the final held-out metrics."""
     primary = jax.process_index() == 0
-    log = print if primary else (lambda *a, **k: None)
     t = config.train
+    mesh = make_mesh(config.mesh.shape)  # before the data: a bad mesh fails in a second
+    check_divisibility(mesh, batch_size=t.batch_size, num_heads=config.model.num_heads)
+    bar = ProgressBar(t.steps, 0, enabled=primary and t.progress_bar)
+    log = bar.write if primary else (lambda line: None)
     data = prepare_data(config, workdir)
     log(data.corpus.describe())
     log(f"tokenizer: {data.tokenizer.path} ({data.tokenizer.vocab_size} pieces); "
         f"rows of {config.data.seq_len}: {data.train.num_rows} train, {data.validation.num_rows} validation")
-
-    mesh = make_mesh(config.mesh.shape)
-    check_divisibility(mesh, batch_size=t.batch_size, num_heads=config.model.num_heads)
     tx, schedule = make_optimizer(config.optim, t.steps)
     layout = state_layout(config.model, tx, mesh)
     log(f"model: {layout.param_count / 1e6:.2f}M parameters; mesh {dict(mesh.shape)} over {mesh.devices.size} devices")
 
     checkpoints = Checkpoints(workdir, keep=t.keep_checkpoints)
-    start = checkpoints.latest_step()
-    if start is None:
-        state, start = init_state(config.model, tx, layout, mesh, t.seed), 0
-    else:
-        check_resumable(config, checkpoints.restore_meta(start), start)
-        state, _ = checkpoints.restore(start, layout.abstract)
-        log(f"resumed from checkpoint step {start} in {checkpoints.directory}")
-    meta = checkpoint_meta(config, data)
-
-    spec = masking_spec(config, data)
+    state, start = _start_state(config, data, layout, tx, mesh, checkpoints, log)
+    if primary:  # only once the run is known to fit the workdir
+        (workdir / "config.json").write_text(config.to_json())
+    meta = {"config": json.loads(config.to_json()), **data_identity(data)}
+    spec = masking_spec(config, data, mesh)
     train_step = compile_train_step(layout, mesh, tx=tx, schedule=schedule, spec=spec, seed=t.seed)
     baseline = most_frequent_token(data.train, data.tokenizer.special_ids())
     eval_step = compile_eval_step(layout, mesh, spec=spec, seed=t.seed, baseline_token=baseline)
     batches = StepBatches(data.train, t.batch_size, t.seed)
-    writer = MetricWriter(workdir, enabled=primary)
-    bar = ProgressBar(t.steps, start, enabled=primary and t.progress_bar)
+    writer = MetricWriter(workdir, enabled=primary, echo=bar.write, resume_step=start)
+    bar.update(start)
 
     def run_eval(step: int) -> dict[str, float]:
         metrics = evaluate(state["params"], eval_step, data.validation, batch_size=t.batch_size,
@@ -168,4 +152,3 @@ def _record(window: _Window, writer: MetricWriter, bar: ProgressBar, step: int, 
     line["steps_per_sec"] = n / max(elapsed, 1e-9)
     writer.write(step, "train", line)
     window.sums, window.steps, window.started = {}, 0, time.perf_counter()
-

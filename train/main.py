@@ -17,7 +17,6 @@ def main(argv: list[str]) -> None:
         raise cli.ConfigError("--config is required, e.g. --config=configs/bert_tiny.py")
     config = cli.config_from_flags(_CONFIG.value)
     workdir = cli.writable_workdir(_WORKDIR.value)
-    (workdir / "config.json").write_text(config.to_json())
 
     from train.loop import train  # JAX starts here, after every check of the user's input
 

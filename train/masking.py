@@ -24,11 +24,6 @@ class MaskingSpec:
     # projection runs on a fixed number of positions instead of every token; None: no cap.
     max_predictions: int | None = None
 
-    def __hash__(self) -> int:  # jit treats the spec as static; the table is fixed per run
-        return hash((self.mask_id, self.vocab_size, self.special_ids, self.probability,
-                     self.mask_ratio, self.random_ratio, self.word_start_table is not None,
-                     self.max_predictions))
-
 
 def mask_tokens(key: jax.Array, tokens_BL: jax.Array, spec: MaskingSpec):
     """Returns (inputs_BL, targets_BL, weights_BL): corrupted inputs, originals, 1.0 where chosen."""
@@ -46,9 +41,9 @@ def mask_tokens(key: jax.Array, tokens_BL: jax.Array, spec: MaskingSpec):
         chosen_BL &= jnp.cumsum(chosen_BL, axis=1) <= spec.max_predictions
 
     action_BL = jax.random.uniform(action_key, tokens_BL.shape)
-    # Replacements are drawn from ordinary tokens only; specials occupy the lowest ids.
-    low = max(spec.special_ids) + 1
-    random_BL = jax.random.randint(random_key, tokens_BL.shape, low, spec.vocab_size, tokens_BL.dtype)
+    # Replacements are drawn uniformly from the ordinary (non-special) ids.
+    ordinary = np.flatnonzero(~special_V).astype(np.int32)
+    random_BL = jnp.asarray(ordinary)[jax.random.randint(random_key, tokens_BL.shape, 0, ordinary.size)]
     replaced_BL = jnp.where(action_BL < spec.mask_ratio, spec.mask_id,
                             jnp.where(action_BL < spec.mask_ratio + spec.random_ratio, random_BL, tokens_BL))
     inputs_BL = jnp.where(chosen_BL, replaced_BL, tokens_BL)
@@ -65,27 +60,30 @@ def prediction_budget(seq_len: int, probability: float) -> int:
     return min(seq_len, int(np.ceil(mean + 3 * np.sqrt(mean * (1 - probability)) + 1)))
 
 
-def gather_predictions(positions_BK: jax.Array, *arrays_BL: jax.Array) -> list[jax.Array]:
-    """Takes the [B, K] positions out of each [B, L, ...] array."""
-    out = []
-    for a in arrays_BL:
-        index = positions_BK.reshape(positions_BK.shape + (1,) * (a.ndim - 2))
-        out.append(jnp.take_along_axis(a, index, axis=1))
-    return out
+def budget_for_mesh(budget: int | None, mesh_shape: dict[str, int]) -> int | None:
+    """The prediction budget, or None (project every position) where XLA mis-partitions it.
+
+    With data, fsdp and tensor all above 1, XLA (jax 0.10.2, CPU) computes the loss right
+    but the gradients of the gathered head wrong (off by up to 100%), whether the gather is
+    a sort, a take or a one-hot matmul; every other mesh shape checked is exact.
+    tests/test_train_step.py compares each mesh with one device.
+    """
+    return None if all(size > 1 for size in mesh_shape.values()) else budget
 
 
-def prediction_positions(weights_BL: jax.Array, budget: int) -> jax.Array:
-    """The positions of the chosen tokens first (in order), then filler: int32 [B, budget]."""
-    return jnp.argsort(weights_BL == 0, axis=1, stable=True)[:, :budget].astype(jnp.int32)
+def gather_predictions(weights_BL: jax.Array, budget: int, hidden_BLD: jax.Array,
+                       targets_BL: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The hidden states, targets and weights of the chosen positions, packed into [B, budget].
 
-
-def _share_within_words(draw_BL: jax.Array, tokens_BL: jax.Array, word_start_V: np.ndarray,
-                        special_V: np.ndarray) -> jax.Array:
-    """Gives each token the draw of the first token of its word."""
-    special_BL = jnp.asarray(special_V)[tokens_BL]
-    starts_BL = jnp.asarray(word_start_V)[tokens_BL] | special_BL
-    # A token right after a special token (e.g. [CLS]) starts a word even without a "▁".
-    after_special_BL = jnp.pad(special_BL[:, :-1], ((0, 0), (1, 0)), constant_values=True)
-    positions_BL = jnp.broadcast_to(jnp.arange(tokens_BL.shape[1]), tokens_BL.shape)
-    start_index_BL = jax.lax.cummax(jnp.where(starts_BL | after_special_BL, positions_BL, 0), axis=1)
-    return jnp.take_along_axis(draw_BL, start_index_BL, axis=1)
+    The k-th chosen token of a row goes to slot k; unused slots get weight 0. Selection is
+    a one-hot matmul rather than a sort and a gather: it is cheap beside the layers
+    (B*L*K*D multiply-adds), and XLA partitions it correctly on every mesh, where the
+    sort-and-gather form produced wrong gradients with the batch split over two axes.
+    """
+    chosen_BL = weights_BL > 0
+    slot_BL = jnp.cumsum(chosen_BL, axis=1) - 1
+    select_BLK = jax.nn.one_hot(jnp.where(chosen_BL, slot_BL, -1), budget, dtype=hidden_BLD.dtype)
+    hidden_BKD = jnp.einsum("blk,bld->bkd", select_BLK, hidden_BLD)
+    targets_BK = jnp.einsum("blk,bl->bk", select_BLK.astype(jnp.int32), targets_BL)
+    weights_BK = jnp.sum(select_BLK.astype(jnp.float32), axis=1)
+    return hidden_BKD, targets_BK, weights_BK

@@ -33,8 +33,6 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("transform", "tensor"),
     ("layers", None),
     ("norm", None),
-    ("positions", None),
-    ("token_types", None),
     # activations
     ("act_batch", BATCH_AXES),
     ("act_length", None),
@@ -57,6 +55,8 @@ def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None)
             raise ConfigError(
                 f"mesh.shape={tuple(shape)}: {len(devices)} devices do not divide by the fixed axes' product {known}")
         shape[shape.index(-1)] = len(devices) // known
+    if math.prod(shape) < len(devices) and jax.process_count() == 1:
+        devices = devices[:math.prod(shape)]  # e.g. the default 1-device mesh on an 8-chip host
     if math.prod(shape) != len(devices):
         raise ConfigError(
             f"mesh.shape={tuple(shape)} needs {math.prod(shape)} devices but this job has {len(devices)}; "
@@ -70,6 +70,11 @@ def sharding_context(mesh: Mesh) -> Iterator[None]:
     """Activates the mesh and the logical rules, for building models and tracing steps."""
     with jax.set_mesh(mesh), nnx.logical_axis_rules(LOGICAL_RULES):
         yield
+
+
+def batch_shardings(mesh: Mesh, keys: Sequence[str]) -> dict[str, NamedSharding]:
+    """The same row sharding for each named array of a batch."""
+    return {k: batch_sharding(mesh) for k in keys}
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -7,7 +7,7 @@ import math
 import pathlib
 import sys
 import time
-from typing import Mapping
+from typing import Callable, Mapping
 
 import tensorboardX
 
@@ -15,13 +15,22 @@ import tensorboardX
 class MetricWriter:
     """Writes scalars by step to stdout, JSONL and TensorBoard; silent on other processes."""
 
-    def __init__(self, workdir: str | pathlib.Path, *, enabled: bool = True):
+    def __init__(self, workdir: str | pathlib.Path, *, enabled: bool = True,
+                 echo: Callable[[str], None] = print, resume_step: int = 0):
+        """`resume_step`: records after it (written before a crash) are dropped, not repeated."""
         self.enabled = enabled
+        self._echo = echo
         if not enabled:
             return
         workdir = pathlib.Path(workdir)
-        self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")
-        self._tb = tensorboardX.SummaryWriter(str(workdir / "tensorboard"))
+        path = workdir / "metrics.jsonl"
+        if resume_step and path.exists():
+            kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and json.loads(line)["step"] <= resume_step]
+            path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        self._jsonl = open(path, "a", encoding="utf-8")
+        self._tb = tensorboardX.SummaryWriter(
+            str(workdir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
 
     def write(self, step: int, split: str, scalars: Mapping[str, float], *, echo: bool = True) -> None:
         if not self.enabled:
@@ -33,7 +42,7 @@ class MetricWriter:
             if math.isfinite(value):
                 self._tb.add_scalar(f"{split}/{name}", value, step)
         if echo:
-            print(f"[{split}] step {step}: " + "  ".join(f"{k} {_fmt(v)}" for k, v in values.items()), flush=True)
+            self._echo(f"[{split}] step {step}: " + "  ".join(f"{k} {_fmt(v)}" for k, v in values.items()))
 
     def close(self) -> None:
         if self.enabled:
@@ -64,6 +73,13 @@ class ProgressBar:
             if postfix:
                 self._bar.set_postfix_str(postfix, refresh=False)
             self._bar.refresh()
+
+    def write(self, line: str) -> None:
+        """Prints a line to stdout above the bar, so the two never garble each other."""
+        if self._bar is not None:
+            self._bar.write(line, file=sys.stdout)
+        else:
+            print(line, flush=True)
 
     def close(self) -> None:
         if self._bar is not None:

@@ -12,8 +12,8 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from train.losses import mlm_sums
-from train.masking import MaskingSpec, gather_predictions, mask_tokens, prediction_positions
-from train.mesh import batch_sharding, replicated, sharding_context
+from train.masking import MaskingSpec, gather_predictions, mask_tokens
+from train.mesh import batch_shardings, replicated, sharding_context
 from train.state import StateLayout, TrainState
 
 Batch = dict[str, jax.Array]
@@ -33,8 +33,8 @@ def _mlm_forward(graphdef: Any, params: Any, batch: Batch, masked: tuple[jax.Arr
     model = nnx.merge(graphdef, params)
     hidden_BLD = model.encode(inputs_BL, batch["segment_ids"], batch["positions"], dropout_key=dropout_key)
     if spec.max_predictions is not None:
-        positions_BK = prediction_positions(weights_BL, spec.max_predictions)
-        hidden_BLD, targets_BL, weights_BL = gather_predictions(positions_BK, hidden_BLD, targets_BL, weights_BL)
+        hidden_BLD, targets_BL, weights_BL = gather_predictions(
+            weights_BL, spec.max_predictions, hidden_BLD, targets_BL)
     sums = mlm_sums(model.logits(hidden_BLD), targets_BL, weights_BL)
     sums["tokens"] = jnp.sum(batch["segment_ids"] > 0).astype(jnp.float32)
     return sums
@@ -79,10 +79,9 @@ def eval_step(params: Any, batch: Batch, index: jax.Array, *, graphdef: Any, spe
 
 def compile_train_step(layout: StateLayout, mesh: Mesh, **kwargs) -> Callable[[TrainState, Batch], tuple]:
     """`train_step` under jax.jit with the state's shardings, donating the old state."""
-    batch_shardings = {k: batch_sharding(mesh) for k in BATCH_KEYS}
     jitted = jax.jit(
         functools.partial(train_step, graphdef=layout.graphdef, **kwargs),
-        in_shardings=(layout.shardings, batch_shardings),
+        in_shardings=(layout.shardings, batch_shardings(mesh, BATCH_KEYS)),
         out_shardings=(layout.shardings, replicated(mesh)),
         donate_argnums=0)
     return _in_context(jitted, mesh)
@@ -90,10 +89,9 @@ def compile_train_step(layout: StateLayout, mesh: Mesh, **kwargs) -> Callable[[T
 
 def compile_eval_step(layout: StateLayout, mesh: Mesh, **kwargs) -> Callable[..., dict]:
     """`eval_step` under jax.jit; reads the params without donating them."""
-    batch_shardings = {k: batch_sharding(mesh) for k in BATCH_KEYS}
     jitted = jax.jit(
         functools.partial(eval_step, graphdef=layout.graphdef, **kwargs),
-        in_shardings=(layout.shardings["params"], batch_shardings, replicated(mesh)),
+        in_shardings=(layout.shardings["params"], batch_shardings(mesh, BATCH_KEYS), replicated(mesh)),
         out_shardings=replicated(mesh))
     return _in_context(jitted, mesh)
 
@@ -116,6 +114,5 @@ def compile_forward(layout: StateLayout, mesh: Mesh) -> Callable[[Any, Batch], j
         model = nnx.merge(layout.graphdef, params)
         return model(batch["tokens"], batch["segment_ids"], batch["positions"])
 
-    batch_shardings = {k: batch_sharding(mesh) for k in BATCH_KEYS}
-    jitted = jax.jit(forward, in_shardings=(layout.shardings["params"], batch_shardings))
+    jitted = jax.jit(forward, in_shardings=(layout.shardings["params"], batch_shardings(mesh, BATCH_KEYS)))
     return _in_context(jitted, mesh)

@@ -16,7 +16,7 @@ def get_config() -> Config:
         # (as RoBERTa) keeps Adam steady at that rate.
         optim=OptimConfig(learning_rate=3e-3, schedule="linear", warmup_steps=50, b2=0.98,
                           weight_decay=0.01),
-        train=TrainConfig(steps=1400, batch_size=32, log_every=100, eval_every=700, eval_batches=20,
-                          checkpoint_every=700),
+        train=TrainConfig(steps=1300, batch_size=32, log_every=100, eval_every=650, eval_batches=20,
+                          checkpoint_every=650),
         mesh=MeshConfig(shape=(1, 1, 1)),
     )

@@ -50,6 +50,18 @@ def mask_tokens(key: jax.Array, tokens_BL: jax.Array, spec: MaskingSpec):
     return inputs_BL, tokens_BL, chosen_BL.astype(jnp.float32)
 
 
+def _share_within_words(draw_BL: jax.Array, tokens_BL: jax.Array, word_start_V: np.ndarray,
+                        special_V: np.ndarray) -> jax.Array:
+    """Gives each token the draw of the first token of its word."""
+    special_BL = jnp.asarray(special_V)[tokens_BL]
+    starts_BL = jnp.asarray(word_start_V)[tokens_BL] | special_BL
+    # A token right after a special token (e.g. [CLS]) starts a word even without a "▁".
+    after_special_BL = jnp.pad(special_BL[:, :-1], ((0, 0), (1, 0)), constant_values=True)
+    positions_BL = jnp.broadcast_to(jnp.arange(tokens_BL.shape[1]), tokens_BL.shape)
+    start_index_BL = jax.lax.cummax(jnp.where(starts_BL | after_special_BL, positions_BL, 0), axis=1)
+    return jnp.take_along_axis(draw_BL, start_index_BL, axis=1)
+
+
 def prediction_budget(seq_len: int, probability: float) -> int:
     """Per-row cap on predictions: the expected count plus ~3 standard deviations.
 

@@ -94,3 +94,15 @@ class CheckpointParams:
 
 def _dotted(path: tuple) -> str:
     return ".".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+def restore_params(workdir: str | pathlib.Path, step: int, abstract_params: Any) -> Any:
+    """Only the params of a saved step (no optimizer state), placed with the target's shardings."""
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    state_dir = pathlib.Path(workdir).absolute() / "checkpoints" / str(step) / "state"
+    item = {"params": abstract_params}
+    restore_args = ocp.checkpoint_utils.construct_restore_args(item)
+    checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
+    restored = checkpointer.restore(
+        state_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True))
+    return restored["params"]

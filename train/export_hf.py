@@ -64,7 +64,7 @@ def _hf_tensors(family: Family, source: CheckpointParams, dtype: np.dtype) -> It
             current_name, current = ours, None  # drop the previous array before reading the next
             current = source.read(ours)
         value = current if index is None else current[index]
-        yield to_hf(layouts[ours], value).astype(dtype)
+        yield to_hf(layouts[ours], value).astype(dtype, copy=False)
     del current
 
 

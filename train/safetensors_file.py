@@ -49,7 +49,7 @@ def write_safetensors(path: str | pathlib.Path, specs: list[TensorSpec], arrays:
             if array.shape != tuple(shape) or array.dtype != np.dtype(dtype):
                 raise ValueError(f"tensor {name} is {array.dtype}{list(array.shape)}, "
                                  f"declared {np.dtype(dtype)}{list(shape)}")
-            f.write(np.ascontiguousarray(array).tobytes())  # native order: little-endian hosts
+            f.write(np.ascontiguousarray(array).reshape(-1).view(np.uint8))  # no copy; little-endian hosts
             written += array.nbytes
     if written != offset:
         raise ValueError(f"wrote {written} bytes of tensor data to {path}, the header declares {offset}")

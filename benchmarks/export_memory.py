@@ -7,6 +7,12 @@ processes: `streamed` is train.export's path (one array restored and written at 
 `whole` restores every parameter to host first and writes with safetensors.numpy.save_file.
 Each child resets its peak-RSS counter (/proc/self/clear_refs) after imports and setup, so the
 figure is the export's own growth. Prints both, the model and largest-array sizes, and the ratio.
+
+Measured on the shared 2-core box (noisy, other jobs running): 12 layers, hidden 512, vocab
+32000 (209 MiB of params, largest array 62.5 MiB): whole 393 MiB, streamed 202 MiB (1.9x). With
+MALLOC_MMAP_THRESHOLD_=65536 (glibc otherwise raises its mmap threshold after the first big free
+and keeps freed arrays in the heap): whole 357 MiB, streamed 97 MiB (3.7x), i.e. ~1.5x the
+largest array.
 """
 
 import argparse

@@ -94,3 +94,29 @@ def test_stops_at_eos_and_sampling_respects_top_k():
     np.testing.assert_array_equal(np.asarray(out["tokens"]), greedy)  # top-1 sampling is greedy
     for row, n in zip(np.asarray(out["tokens"]), np.asarray(out["num_generated"])):
         assert (row[n:] == PAD).all() and (n == NEW or row[n - 1] == EOS)
+
+
+def _sequence_log_prob(params, prompt, generated):
+    """log p(generated | prompt) by one full forward pass (independent of the decoding code)."""
+    model = nnx.merge(nnx.graphdef(model_factory(CFG)(0)), params)
+    ids = jnp.asarray([prompt + generated], jnp.int32)
+    logp = jax.nn.log_softmax(model(ids, jnp.ones_like(ids), jnp.arange(ids.shape[1])[None])[0])
+    return float(sum(logp[len(prompt) - 1 + i, tok] for i, tok in enumerate(generated)))
+
+
+def test_beam_search_width_one_is_greedy_and_wider_beams_score_higher():
+    from train.beam_search import compile_beam_search
+
+    params, generate = _generator((1, 1, 1), jax.devices()[:1])
+    mesh = make_mesh((1, 1, 1), jax.devices()[:1])
+    graphdef, _, shardings = param_shardings(CFG, mesh)
+    prompts = left_pad(PROMPTS, 8, PAD)
+    greedy = _rows(generate(params, prompts.tokens, prompts.lengths))
+    beams = {w: compile_beam_search(graphdef, shardings, CFG, mesh, beam_width=w, max_new_bucket=NEW,
+                                    eos_id=EOS, pad_id=PAD) for w in (1, 4)}
+    assert _rows(beams[1](params, prompts.tokens, prompts.lengths)) == greedy
+    wide = beams[4](params, prompts.tokens, prompts.lengths, length_penalty=0.0)
+    host = jax.device_get(params)
+    for prompt, g, b, lp in zip(PROMPTS, greedy, _rows(wide), np.asarray(wide["log_prob"])):
+        assert _sequence_log_prob(host, prompt, b) == pytest.approx(float(lp), abs=1e-3)
+        assert float(lp) >= _sequence_log_prob(host, prompt, g) - 1e-4

@@ -26,21 +26,6 @@ from data.sources import DataError, DecodeCounts, parse_source, source_documents
 from data.token_store import SHARD_DOCS, write_store
 from data.tokenizer import MODEL_TYPES, Tokenizer, train_tokenizer_on_documents
 
-_SOURCE = flags.DEFINE_string("source", None, "builtin | files:<glob>[,...] | tfds:<name>[:<split>]")
-_TOKENIZER = flags.DEFINE_string("tokenizer", None, "sentencepiece .model to encode with "
-                                 "(trained here first if missing and --vocab_size is set).")
-_VOCAB_SIZE = flags.DEFINE_integer("vocab_size", 0, "Train a tokenizer of this many pieces "
-                                   "if --tokenizer does not exist.")
-_TOKENIZER_TYPE = flags.DEFINE_enum("tokenizer_type", "unigram", MODEL_TYPES,
-                                    "sentencepiece model type when training.")
-_OUT = flags.DEFINE_string("out", None, "New directory for the store (must not exist).")
-_TEXT_FIELD = flags.DEFINE_string("text_field", "text", "JSONL key / TFDS feature with the text.")
-_TFDS_DATA_DIR = flags.DEFINE_string("tfds_data_dir", "", "TFDS data_dir (local or a bucket).")
-_WORKERS = flags.DEFINE_integer("workers", 0, "Tokenizer processes; 0: one per core (max 8).")
-_SHARD_DOCS = flags.DEFINE_integer("shard_docs", SHARD_DOCS, "Documents per shard.")
-_DEBUG = flags.DEFINE_bool("debug", False, "Show full tracebacks for user errors.")
-
-
 def prepare(source: str, tokenizer: str, out: str, *, vocab_size: int = 0,
             tokenizer_type: str = "unigram", text_field: str = "text", tfds_data_dir: str = "",
             workers: int = 0, shard_docs: int = SHARD_DOCS,
@@ -74,23 +59,24 @@ def prepare(source: str, tokenizer: str, out: str, *, vocab_size: int = 0,
 
 def main(argv: list[str]) -> None:
     """The CLI: one line per user mistake, exit status 2."""
+    f = flags.FLAGS
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
-    if not _SOURCE.value:
+    if not f.source:
         _fail("--source is required, e.g. --source='files:corpus/*.jsonl'")
     started = time.perf_counter()
     try:
-        manifest = prepare(_SOURCE.value, _TOKENIZER.value, _OUT.value,
-                           vocab_size=_VOCAB_SIZE.value, tokenizer_type=_TOKENIZER_TYPE.value,
-                           text_field=_TEXT_FIELD.value, tfds_data_dir=_TFDS_DATA_DIR.value,
-                           workers=_WORKERS.value, shard_docs=_SHARD_DOCS.value)
+        manifest = prepare(f.source, f.tokenizer, f.out,
+                           vocab_size=f.vocab_size, tokenizer_type=f.tokenizer_type,
+                           text_field=f.text_field, tfds_data_dir=f.tfds_data_dir,
+                           workers=f.workers, shard_docs=f.shard_docs)
     except (ValueError, OSError) as e:  # DataError is a ValueError
-        if _DEBUG.value:
+        if f.debug:
             raise
         _fail(str(e))
     sizes = ", ".join(f"{split}: {info['docs']:,} docs, {info['tokens']:,} tokens, "
                       f"{len(info['shards'])} shards" for split, info in manifest["splits"].items())
-    print(f"wrote {_OUT.value} in {time.perf_counter() - started:.1f}s ({sizes}); "
+    print(f"wrote {f.out} in {time.perf_counter() - started:.1f}s ({sizes}); "
           f"{manifest['replaced_invalid_utf8_docs']} docs had invalid UTF-8 (replaced); "
           f"content hash {manifest['content_hash'][:16]}")
 
@@ -101,5 +87,17 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # flags only here, so other programs can import prepare()
+    flags.DEFINE_string("source", None, "builtin | files:<glob>[,...] | tfds:<name>[:<split>]")
+    flags.DEFINE_string("tokenizer", None, "sentencepiece .model to encode with (trained "
+                        "here first if missing and --vocab_size is set).")
+    flags.DEFINE_integer("vocab_size", 0, "Train a tokenizer of this many pieces if "
+                         "--tokenizer does not exist.")
+    flags.DEFINE_enum("tokenizer_type", "unigram", MODEL_TYPES, "Model type when training.")
+    flags.DEFINE_string("out", None, "New directory for the store (must not exist).")
+    flags.DEFINE_string("text_field", "text", "JSONL key / TFDS feature with the text.")
+    flags.DEFINE_string("tfds_data_dir", "", "TFDS data_dir (local or a bucket).")
+    flags.DEFINE_integer("workers", 0, "Tokenizer processes; 0: one per core (max 8).")
+    flags.DEFINE_integer("shard_docs", SHARD_DOCS, "Documents per shard.")
+    flags.DEFINE_bool("debug", False, "Show full tracebacks for user errors.")
     app.run(main)

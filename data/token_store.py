@@ -15,6 +15,7 @@ temporary folder renamed into place, so an error or an interruption leaves nothi
 """
 
 import collections
+import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -53,13 +54,14 @@ def write_store(out: str | os.PathLike, tokenizer_path: str | os.PathLike,
         manifest = {"format": FORMAT, "source": source, "token_dtype": np.dtype(dtype).name,
                     "tokenizer": {"file": "tokenizer.model", "sha256": tokenizer.sha256(),
                                   "vocab_size": tokenizer.vocab_size}, "splits": {}}
-        for split, docs in splits.items():
-            (staging / split).mkdir()
-            shards = _write_shards(staging, split, docs, tokenizer.path, dtype, workers,
-                                   shard_docs)
-            manifest["splits"][split] = {
-                "docs": sum(s["docs"] for s in shards),
-                "tokens": sum(s["tokens"] for s in shards), "shards": shards}
+        workers = workers or min(os.cpu_count() or 1, 8)
+        with _encoder_pool(tokenizer.path, workers) as pool:
+            for split, docs in splits.items():
+                (staging / split).mkdir()
+                shards = _write_shards(pool, staging, split, docs, dtype, workers, shard_docs)
+                manifest["splits"][split] = {
+                    "docs": sum(s["docs"] for s in shards),
+                    "tokens": sum(s["tokens"] for s in shards), "shards": shards}
         if not manifest["splits"].get("train", {}).get("docs"):
             raise DataError(f"source {source} has no training documents (empty files or "
                             "an empty split)")
@@ -80,25 +82,32 @@ def content_hash(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
-def _write_shards(staging: pathlib.Path, split: str, docs: Iterable[str],
-                  tokenizer_path: pathlib.Path, dtype, workers: int,
-                  shard_docs: int) -> list[dict]:
-    """Encodes documents shard by shard, in worker processes when workers > 1, in order."""
-    tasks = ((str(staging), split, k, chunk, np.dtype(dtype).name)
-             for k, chunk in enumerate(_chunked(docs, shard_docs)))
-    workers = workers or min(os.cpu_count() or 1, 8)
+@contextlib.contextmanager
+def _encoder_pool(tokenizer_path: pathlib.Path, workers: int):
+    """A pool of tokenizer processes, or None to encode in this process (workers <= 1)."""
     if workers <= 1:
         _init_worker(str(tokenizer_path))
-        return [_encode_shard(task) for task in tasks]
+        yield None
+        return
     context = multiprocessing.get_context("spawn")  # the parent may hold threads: no fork
     with context.Pool(workers, _init_worker, (str(tokenizer_path),)) as pool:
-        pending: collections.deque = collections.deque()
-        shards = []
-        for task in tasks:  # at most 2 shards per worker in flight bounds memory
-            pending.append(pool.apply_async(_encode_shard, (task,)))
-            if len(pending) >= 2 * workers:
-                shards.append(pending.popleft().get())
-        shards.extend(p.get() for p in pending)
+        yield pool
+
+
+def _write_shards(pool, staging: pathlib.Path, split: str, docs: Iterable[str], dtype,
+                  workers: int, shard_docs: int) -> list[dict]:
+    """Encodes documents shard by shard, in the pool's processes if any, in order."""
+    tasks = ((str(staging), split, k, chunk, np.dtype(dtype).name)
+             for k, chunk in enumerate(_chunked(docs, shard_docs)))
+    if pool is None:
+        return [_encode_shard(task) for task in tasks]
+    pending: collections.deque = collections.deque()
+    shards = []
+    for task in tasks:  # at most 2 shards per worker in flight bounds memory
+        pending.append(pool.apply_async(_encode_shard, (task,)))
+        if len(pending) >= 2 * workers:
+            shards.append(pending.popleft().get())
+    shards.extend(p.get() for p in pending)
     return shards
 
 

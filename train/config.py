@@ -15,6 +15,7 @@ import pathlib
 import typing
 from typing import Any
 
+from data.sources import DataError, parse_source
 from model.config import ModelConfig
 
 __all__ = [
@@ -31,7 +32,9 @@ class ConfigError(ValueError):
 class DataConfig:
     """Where text comes from, how it is tokenized, packed and masked."""
 
-    source: str = "builtin"  # builtin: docstrings of the installed Python packages
+    source: str = "builtin"  # builtin | files:<glob>[,...] | tfds:<name>[:<split>] | store:<dir>
+    text_field: str = "text"  # files:/tfds: sources: the JSONL key or TFDS feature with the text
+    tfds_data_dir: str = ""  # tfds: sources: data_dir (local or a bucket); "" is TFDS's default
     cache_dir: str = ""  # built corpora; "" means $MESHLM_CACHE or ~/.cache/meshlm
     max_corpus_bytes: int = 0  # 0: the whole built-in corpus; else a prefix (quick runs)
     tokenizer_type: str = "unigram"
@@ -171,7 +174,6 @@ def _parse(key: str, text: str, field_type: Any) -> Any:
 
 
 _CHOICES = {
-    "data.source": ("builtin",),
     "data.tokenizer_type": ("unigram", "bpe", "word", "char"),
     "model.dtype": ("float32", "bfloat16"),
     "model.param_dtype": ("float32", "bfloat16"),
@@ -188,6 +190,10 @@ def validate(config: Config) -> None:
         if value not in accepted:
             raise ConfigError(f"config key '{key}' got '{value}'; accepted: {', '.join(accepted)}")
     m, d, o = config.model, config.data, config.optim
+    try:
+        parse_source(d.source)
+    except DataError as e:
+        raise ConfigError(f"config key 'data.source': {e}") from None
     _at_least(config, ["model.vocab_size"], 16)
     _at_least(config, ["model.max_len", "data.seq_len"], 4)
     _at_least(config, ["model.hidden", "model.num_layers", "model.num_heads", "model.mlp_dim",

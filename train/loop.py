@@ -11,6 +11,7 @@ from typing import Any, Callable
 import jax
 
 from data.batches import StepBatches
+from data.prefetch import prefetch_batches
 from data.store import PreparedData
 from train.checkpoint import Checkpoints
 from train.config import Config, ConfigError, config_from_json
@@ -88,8 +89,9 @@ def train(config: Config, workdir: pathlib.Path) -> dict[str, float]:
     window = _Window()
     pending = None
     final: dict[str, float] = {}
+    host_batches = prefetch_batches(batches, start, t.steps, jax.process_index(), jax.process_count())
     for step in range(start, t.steps):
-        batch = to_global(batches.batch(step, jax.process_index(), jax.process_count()), mesh)
+        batch = to_global(next(host_batches), mesh)
         state, metrics = train_step(state, batch)
         if step == start:  # the first call compiles: time it apart from throughput
             started = time.perf_counter()

@@ -14,6 +14,7 @@ from data.batches import StepBatches
 from data.store import PreparedData
 from train.checkpoint import Checkpoints
 from train.config import Config, ConfigError, config_from_json
+from train.distributed import primary_first
 from train.evaluation import evaluate, most_frequent_token
 from train.flops import mfu, non_embedding_params, peak_flops_per_device, train_flops_per_token
 from train.inputs import check_same_data, data_identity, masking_spec, prepare_data
@@ -59,7 +60,7 @@ def train(config: Config, workdir: pathlib.Path) -> dict[str, float]:
     check_divisibility(mesh, batch_size=t.batch_size, num_heads=config.model.num_heads)
     bar = ProgressBar(t.steps, 0, enabled=primary and t.progress_bar)
     log = bar.write if primary else (lambda line: None)
-    data = prepare_data(config, workdir)
+    data = primary_first(lambda: prepare_data(config, workdir))
     log(data.corpus.describe())
     log(f"tokenizer: {data.tokenizer.path} ({data.tokenizer.vocab_size} pieces); "
         f"rows of {config.data.seq_len}: {data.train.num_rows} train, {data.validation.num_rows} validation")

@@ -88,7 +88,7 @@ def train(config: Config, workdir: pathlib.Path) -> dict[str, float]:
         writer.write(step, "eval", metrics)
         return metrics
 
-    window = _throughput_window(config, layout, spec.max_predictions, mesh)
+    window = _throughput_window(config, layout, spec and spec.max_predictions, mesh)
     pending = None
     final: dict[str, float] = {}
     host_batches = prefetch_batches(batches, start, t.steps, jax.process_index(), jax.process_count())

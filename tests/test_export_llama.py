@@ -59,10 +59,12 @@ def test_llama_export_loads_in_transformers_with_equal_logits(decoder, tmp_path)
     export_hf(CheckpointParams(workdir), tmp_path / "hf")
     hf = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert hf["architectures"] == ["LlamaForCausalLM"] and hf["hidden_act"] == "silu"
-    assert hf["rope_theta"] == m.rope_theta and hf["rope_parameters"] == {"rope_type": "default", "rope_theta": m.rope_theta}
+    assert hf["rope_theta"] == m.rope_theta
+    assert hf["rope_parameters"] == {"rope_type": "default", "rope_theta": m.rope_theta}
     assert (hf["rms_norm_eps"], hf["num_key_value_heads"], hf["head_dim"]) == (m.layer_norm_eps, 2, m.resolved_head_dim)
     assert hf["attention_bias"] is False and hf["mlp_bias"] is False and hf["tie_word_embeddings"] == m.tie_embeddings
-    assert (hf["bos_token_id"], hf["eos_token_id"], hf["pad_token_id"]) == (tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id)
+    specials = (hf["bos_token_id"], hf["eos_token_id"], hf["pad_token_id"])
+    assert specials == (tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id)
     with safe_open(tmp_path / "hf" / "model.safetensors", "np") as f:
         assert f.metadata() == {"format": "pt"}
         assert ("lm_head.weight" in f.keys()) == (not m.tie_embeddings)  # tied: left out, as Transformers expects
@@ -123,7 +125,8 @@ def test_llama_features_transformers_cannot_express_are_refused_in_one_line(tmp_
     hf = json.loads((tmp_path / "hf" / "config.json").read_text())
     for change, words in (
             ({"attention_bias": True}, "attention_bias=True"),
-            ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 1e4, "factor": 8.0}}, "rope_parameters.rope_type='llama3'"),
+            ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 1e4, "factor": 8.0}},
+             "rope_parameters.rope_type='llama3'"),
             ({"hidden_act": "gelu"}, "hidden_act='gelu'")):
         (tmp_path / "hf" / "config.json").write_text(json.dumps({**hf, **change}))
         with pytest.raises(ConfigError, match=f"unsupported LlamaForCausalLM settings: {words}") as error:

@@ -9,16 +9,27 @@ from train.config import DataConfig, MeshConfig, ModelConfig
 from train.evaluate import Evaluator, saved_steps, watch
 from train.loop import train
 
+from tests.data_fixtures import SMALL_CORPUS_BYTES, SMALL_VOCAB, shared_dir, small_tokenizer
 from tests.train_fixtures import tiny_config
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
+    """A 4-step run with checkpoints (and loop evals) at steps 2 and 4.
+
+    It reuses the session's small corpus and tokenizer (tests/data_fixtures.py) instead of
+    building and training its own: the run's cost is then mostly tracing its steps.
+    """
     base = tmp_path_factory.mktemp("evaluate")
+    tokenizer = small_tokenizer(tmp_path_factory)
+    (base / "work").mkdir()
+    shutil.copyfile(tokenizer.path, base / "work" / "tokenizer.model")  # prepare_data reuses it
     config = tiny_config(steps=4, batch_size=8, checkpoint_every=2, keep_checkpoints=5, eval_every=2,
                          eval_batches=2, log_every=2, progress_bar=False)
-    config.model = ModelConfig(vocab_size=400, max_len=32, hidden=32, num_layers=2, num_heads=4, mlp_dim=64)
-    config.data = DataConfig(seq_len=32, max_corpus_bytes=150_000, cache_dir=str(base / "cache"))
+    config.model = ModelConfig(vocab_size=SMALL_VOCAB, max_len=32, hidden=32, num_layers=2, num_heads=4,
+                               mlp_dim=64)
+    config.data = DataConfig(seq_len=32, max_corpus_bytes=SMALL_CORPUS_BYTES,
+                             cache_dir=str(shared_dir(tmp_path_factory) / "corpus"))
     config.mesh = MeshConfig(shape=(1, 1, 1))
     train(config, base / "work")
     return base / "work"

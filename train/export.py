@@ -3,6 +3,9 @@
     python -m train.export --workdir=DIR [--step=N] --format=hf --out=OUT [--dtype=bfloat16]
     python -m train.export --workdir=DIR [--step=N] --format=jax --out=OUT [--platforms=cpu,cuda,tpu]
 
+hf writes BertForMaskedLM (model.arch=bert) or LlamaForCausalLM (model.arch=llama); jax writes
+forward.jax and, for decoders, decode.jax (one KV-cached decode step); see train/export_jax.py.
+
 Parameters are read from the checkpoint one array at a time (whatever mesh wrote it) and
 written before the next is read, so host memory stays near the largest stored array.
 """

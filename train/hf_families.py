@@ -66,7 +66,7 @@ def hf_shape(layout: str, shape: tuple[int, ...]) -> tuple[int, ...]:
 class Family:
     """How one model family maps onto one Transformers architecture."""
 
-    name: str  # meshlm's family (ModelConfig.family; "encoder" when the field is absent)
+    name: str  # meshlm's ModelConfig.arch
     architecture: str  # HF class, e.g. BertForMaskedLM
     rules: Callable[[ModelConfig], list[TensorRule]]
     unsupported: Callable[[ModelConfig], list[str]]  # features HF cannot express, by name
@@ -152,20 +152,18 @@ def _bert_model_config(hf: dict[str, Any]) -> ModelConfig:
 
 
 BERT = Family(
-    name="encoder", architecture="BertForMaskedLM", rules=_bert_rules, unsupported=_bert_unsupported,
+    name="bert", architecture="BertForMaskedLM", rules=_bert_rules, unsupported=_bert_unsupported,
     hf_config=_bert_hf_config, model_config=_bert_model_config,
     tied={"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
           "cls.predictions.decoder.bias": "cls.predictions.bias"})
 
 
-# --- Llama (decoder): LlamaForCausalLM. UNTESTED: written against HF's names before the
-# decoder model existed on this branch. The `ours` paths and the ModelConfig field names
-# (num_kv_heads, rope_theta, norm_eps, tie_embeddings) must be aligned with model/decoder
-# when the branches merge; the layouts are the same as BERT's (no biases in Llama).
+# --- Llama (decoder): LlamaForCausalLM, mapped from model/decoder.py's parameter tree (its
+# docstring lists the same table). Tested against transformers in tests/test_export_llama.py.
 
 def _llama_rules(cfg: ModelConfig) -> list[TensorRule]:
     layer = "model.layers.{i}."
-    rules = [TensorRule("embeddings.word.embedding", "model.embed_tokens.weight")]
+    rules = [TensorRule("embed.embedding", "model.embed_tokens.weight")]
     for ours, hf in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
         rules.append(TensorRule(f"layers.attention.{ours}.kernel", f"{layer}self_attn.{hf}.weight", "heads_in"))
     rules += [
@@ -177,50 +175,70 @@ def _llama_rules(cfg: ModelConfig) -> list[TensorRule]:
         TensorRule("layers.mlp_norm.scale", f"{layer}post_attention_layernorm.weight"),
         TensorRule("final_norm.scale", "model.norm.weight"),
     ]
-    if not getattr(cfg, "tie_embeddings", True):
+    if not cfg.tie_embeddings:
         rules.append(TensorRule("lm_head.kernel", "lm_head.weight", "linear"))
     return rules
 
 
+def _llama_unsupported(cfg: ModelConfig) -> list[str]:
+    # Residual dropout (model.dropout) is not refused: LlamaForCausalLM has none, but it only
+    # acts in training, so the exported model computes the same logits.
+    problems = []
+    if cfg.hidden % cfg.num_heads:
+        problems.append(f"model.hidden={cfg.hidden} not divisible by model.num_heads={cfg.num_heads} "
+                        "(LlamaConfig requires hidden_size % num_attention_heads == 0, even with head_dim set)")
+    if cfg.resolved_head_dim % 2:
+        problems.append(f"odd head dim {cfg.resolved_head_dim} (Llama's RoPE rotates two halves)")
+    return problems
+
+
 def _llama_hf_config(cfg: ModelConfig, special: dict[str, int]) -> dict[str, Any]:
-    theta = float(getattr(cfg, "rope_theta", 10000.0))
+    theta = float(cfg.rope_theta)
+    # meshlm's decoder starts documents with [CLS] and ends them with [SEP] (train/decode.py).
+    tokens = {"pad_token_id": special["pad_token_id"], "bos_token_id": special.get("cls_token_id"),
+              "eos_token_id": special.get("sep_token_id")}
     return {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden, "num_hidden_layers": cfg.num_layers,
-        "num_attention_heads": cfg.num_heads, "num_key_value_heads": getattr(cfg, "num_kv_heads", 0) or cfg.num_heads,
+        "num_attention_heads": cfg.num_heads, "num_key_value_heads": cfg.resolved_kv_heads,
         "head_dim": cfg.resolved_head_dim, "intermediate_size": cfg.mlp_dim, "hidden_act": "silu",
-        "max_position_embeddings": cfg.max_len, "rms_norm_eps": getattr(cfg, "norm_eps", cfg.layer_norm_eps),
+        "max_position_embeddings": cfg.max_len, "rms_norm_eps": cfg.layer_norm_eps,
         "rope_theta": theta, "rope_parameters": {"rope_type": "default", "rope_theta": theta},
-        "attention_bias": False, "mlp_bias": False, "initializer_range": cfg.init_std,
-        "tie_word_embeddings": bool(getattr(cfg, "tie_embeddings", True)), **special,
+        "attention_bias": False, "mlp_bias": False, "attention_dropout": cfg.attention_dropout,
+        "initializer_range": cfg.init_std, "pretraining_tp": 1,
+        "tie_word_embeddings": cfg.tie_embeddings, "use_cache": True, **tokens,
     }
 
 
 def _llama_model_config(hf: dict[str, Any]) -> ModelConfig:
-    bad = [f"{key}={hf[key]!r}" for key in ("attention_bias", "mlp_bias") if hf.get(key)]
+    bad = [f"{key}={hf[key]!r} (accepted: false)" for key in ("attention_bias", "mlp_bias") if hf.get(key)]
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    if rope.get("rope_type", rope.get("type", "default")) != "default":
-        bad.append(f"rope scaling {rope.get('rope_type', rope.get('type'))!r}")
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type != "default":
+        bad.append(f"rope_parameters.rope_type={rope_type!r} (accepted: 'default', no RoPE scaling)")
+    partial = rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
+    if partial != 1.0:
+        bad.append(f"partial_rotary_factor={partial!r} (accepted: 1.0)")
     if hf.get("hidden_act", "silu") != "silu":
-        bad.append(f"hidden_act={hf['hidden_act']!r}")
+        bad.append(f"hidden_act={hf['hidden_act']!r} (accepted: 'silu')")
     if bad:
         raise ConfigError("unsupported LlamaForCausalLM settings: " + "; ".join(bad))
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    values = dict(
-        family="decoder", vocab_size=hf["vocab_size"], max_len=hf["max_position_embeddings"],
-        hidden=hf["hidden_size"], num_layers=hf["num_hidden_layers"], num_heads=hf["num_attention_heads"],
-        num_kv_heads=hf.get("num_key_value_heads", hf["num_attention_heads"]),
-        head_dim=hf.get("head_dim") or 0, mlp_dim=hf["intermediate_size"], dropout=0.0, attention_dropout=0.0,
-        norm_eps=hf.get("rms_norm_eps", 1e-6), rope_theta=rope.get("rope_theta", hf.get("rope_theta", 10000.0)),
-        tie_embeddings=hf.get("tie_word_embeddings", False), init_std=hf.get("initializer_range", 0.02))
-    missing = sorted(k for k in values if k not in fields)
-    if missing:
-        raise ConfigError(f"this meshlm has no decoder fields {missing}; LlamaForCausalLM import needs the decoder model")
-    return ModelConfig(**values)
+    heads, hidden = hf["num_attention_heads"], hf["hidden_size"]
+    kv_heads = hf.get("num_key_value_heads") or heads
+    head_dim = hf.get("head_dim") or hidden // heads
+    return ModelConfig(
+        arch="llama", vocab_size=hf["vocab_size"], max_len=hf.get("max_position_embeddings", 2048),
+        hidden=hidden, num_layers=hf["num_hidden_layers"], num_heads=heads,
+        num_kv_heads=0 if kv_heads == heads else kv_heads,  # 0 and head_dim 0: meshlm's "same as" defaults
+        head_dim=0 if head_dim * heads == hidden else head_dim, mlp_dim=hf["intermediate_size"],
+        dropout=0.0, attention_dropout=float(hf.get("attention_dropout") or 0.0),
+        layer_norm_eps=hf.get("rms_norm_eps", 1e-6),
+        rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)), init_std=hf.get("initializer_range", 0.02))
 
 
 LLAMA = Family(
-    name="decoder", architecture="LlamaForCausalLM", rules=_llama_rules, unsupported=lambda cfg: [],
+    name="llama", architecture="LlamaForCausalLM", rules=_llama_rules, unsupported=_llama_unsupported,
     hf_config=_llama_hf_config, model_config=_llama_model_config,
     tied={"lm_head.weight": "model.embed_tokens.weight"})
 
@@ -228,11 +246,10 @@ FAMILIES = {family.name: family for family in (BERT, LLAMA)}
 
 
 def family_of(cfg: ModelConfig) -> Family:
-    """The family of a model config (configs without a `family` field are encoders)."""
-    name = getattr(cfg, "family", "encoder")
-    if name not in FAMILIES:
-        raise ConfigError(f"model family {name!r} has no Hugging Face mapping; accepted: {', '.join(FAMILIES)}")
-    return FAMILIES[name]
+    """The family of a model config, by its `arch`."""
+    if cfg.arch not in FAMILIES:
+        raise ConfigError(f"model.arch={cfg.arch!r} has no Hugging Face mapping; accepted: {', '.join(FAMILIES)}")
+    return FAMILIES[cfg.arch]
 
 
 def family_of_hf(hf_config: dict[str, Any]) -> Family:

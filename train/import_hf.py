@@ -1,4 +1,4 @@
-"""Turns a Hugging Face folder (BertForMaskedLM; LlamaForCausalLM once the decoder exists) into a workdir.
+"""Turns a Hugging Face folder (BertForMaskedLM or LlamaForCausalLM) into a workdir.
 
     python -m train.import_hf --hf_dir=DIR --workdir=OUT
 
@@ -71,7 +71,8 @@ def read_hf_params(family: Family, config: Config, weights: SafetensorsReader) -
             values[rule.ours] = _hf_tensor(weights, rule.hf, rule.layout, leaf.shape).astype(leaf.dtype)
     for name, target in family.tied.items():
         if name in weights and name not in names and not np.array_equal(weights.read(name), weights.read(target)):
-            raise ConfigError(f"{name} differs from {target}: an untied {family.architecture} head is not supported")
+            raise ConfigError(f"{name} differs from {target}, but config.json ties them "
+                              f"({family.architecture} tie_word_embeddings)")
     return jax.tree_util.tree_map_with_path(
         lambda path, _: values[".".join(str(k.key) for k in path)], abstract)
 

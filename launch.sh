@@ -2,7 +2,7 @@
 # meshlm's front door: sets up .venv when needed, then runs a job.
 #
 #   ./launch.sh demo                 train configs/bert_tiny.py on the built-in corpus, then fill masks
-#   ./launch.sh test [pytest args]   install the test extra and run the test suite
+#   ./launch.sh test [pytest args]   install the test and hf extras and run the test suite
 #   ./launch.sh train [flags]        python -m train.main with these flags
 #   ./launch.sh run MODULE [flags]   python -m MODULE with these flags (train.evaluate, data.prepare, ...)
 #
@@ -45,6 +45,9 @@ ensure_venv() {
   local e
   for e in ${extras//,/ }; do extra_args+=(--extra "$e"); done
   # .pyc files matter: imports are 2x slower without them and PYTHONDONTWRITEBYTECODE may be set.
+  # Local wheel folders (PIP_FIND_LINKS: the CPU torch wheel here) are offered to uv as well.
+  local link
+  for link in ${PIP_FIND_LINKS:-}; do extra_args+=(--find-links "$link"); done
   "$VENV/bin/uv" pip install -q --python "$PY" --compile-bytecode -r pyproject.toml ${extra_args[@]+"${extra_args[@]}"}
   # One stamp line per extras set installed from this pyproject, so `demo` after `test`
   # does not reinstall; lines of an older pyproject are dropped.
@@ -69,7 +72,7 @@ case "$cmd" in
     "$PY" -m train.fill_mask --workdir="$workdir" --examples=5 --top_k=5
     ;;
   test)
-    ensure_venv "test"
+    ensure_venv "test,hf"
     "$PY" -m pytest "$@"
     ;;
   train)

@@ -280,3 +280,28 @@ def load_or_train_tokenizer(model_path: str | os.PathLike, text_path: str | os.P
                          f"{vocab_size} was asked for: set vocab_size={tokenizer.vocab_size} "
                          "or delete the file to train a new one")
     return tokenizer
+
+
+def train_tokenizer_on_documents(docs: Iterator[str], model_path: str | os.PathLike, *,
+                                 vocab_size: int, model_type: str = "unigram",
+                                 max_bytes: int = 50_000_000) -> Tokenizer:
+    """Trains on the first max_bytes of documents (one per line, newlines as spaces)."""
+    model_path = pathlib.Path(model_path)
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, text_path = tempfile.mkstemp(prefix=".tokenizer-text-", suffix=".txt",
+                                     dir=model_path.parent)
+    try:
+        total = 0
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for doc in docs:
+                line = " ".join(doc.split()) + "\n"
+                f.write(line)
+                total += len(line.encode())
+                if total >= max_bytes:
+                    break
+        if total == 0:
+            raise ValueError("no documents to train the tokenizer on: the source is empty")
+        return train_tokenizer(text_path, model_path, vocab_size=vocab_size,
+                               model_type=model_type)
+    finally:
+        os.unlink(text_path)

@@ -4,6 +4,9 @@ Every parameter carries logical axis names in its `out_sharding` metadata, and t
 activations are constrained with names of their own. The rules table in `train/` must
 name every one of them (flax passes an unknown name through as a mesh axis name).
 
+The decoder (`LlamaLM`, model/decoder.py) uses the same names: embed.embedding
+('vocab','embed'), lm_head.kernel ('embed','vocab') when untied, and no biases.
+
 Parameter names (path in `BertMLM`: names; `layers` leads every stacked parameter):
 
     vocab      embeddings.word.embedding ('vocab','embed'); head.bias ('vocab',)
@@ -16,7 +19,8 @@ Parameter names (path in `BertMLM`: names; `layers` leads every stacked paramete
     head_dim   the per-head feature axis of q/k/v/out
     mlp        mlp.up.kernel ('embed','mlp'), mlp.up.bias ('mlp',), mlp.down.kernel ('mlp','embed')
     transform  head.transform.kernel ('embed','transform'), head.transform.bias ('transform',)
-    norm       every LayerNorm scale and bias ('norm',)
+    mlp        (llama) mlp.{gate,up}.kernel ('embed','mlp'), mlp.down.kernel ('mlp','embed'); no biases
+    norm       every LayerNorm scale and bias, every RMSNorm scale ('norm',)
     layers     the stacked-layer axis of every parameter under `layers.`
     None       the row axis of the position and token-type tables
 
@@ -28,6 +32,7 @@ them the model runs on one device with no context at all.
 """
 
 from model.config import ModelConfig
+from model.decoder import LlamaLM
 from model.encoder import BertMLM
 
-__all__ = ["BertMLM", "ModelConfig"]
+__all__ = ["BertMLM", "LlamaLM", "ModelConfig"]

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from model.dropout import dropout
+from model.rope import apply_rope
 from model.sharding import constrain, param_init
 
 # Fill for masked logits: softmax runs in float32, where this underflows exp() to zero.
@@ -49,20 +50,21 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
 
 
 def _head_projection(hidden: int, heads: int, head_dim: int, heads_name: str, *, init_std: float,
-                     dtype: jnp.dtype, param_dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.Einsum:
-    """hidden -> [heads, head_dim] with bias; kernel reshapes to HF's [heads*head_dim, hidden]."""
+                     use_bias: bool, dtype: jnp.dtype, param_dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.Einsum:
+    """hidden -> [heads, head_dim] (bias optional); kernel reshapes to HF's [heads*head_dim, hidden]."""
     return nnx.Einsum(
-        "bld,dhk->blhk", (hidden, heads, head_dim), (heads, head_dim),
+        "bld,dhk->blhk", (hidden, heads, head_dim), (heads, head_dim) if use_bias else None,
         kernel_init=param_init(nnx.initializers.normal(init_std), ("embed", heads_name, "head_dim")),
         bias_init=param_init(nnx.initializers.zeros_init(), (heads_name, "head_dim")),
         dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
 
 class Attention(nnx.Module):
-    """Multi-head (or grouped-query) self-attention with biased q/k/v/out projections."""
+    """Multi-head (or grouped-query) self-attention; biases (BERT) and RoPE (Llama) optional."""
 
     def __init__(self, hidden: int, num_heads: int, head_dim: int, *, num_kv_heads: int = 0,
                  causal: bool = False, dropout_rate: float = 0.0, init_std: float = 0.02,
+                 use_bias: bool = True, rope_theta: float = 0.0,
                  dtype: jnp.dtype = jnp.float32, param_dtype: jnp.dtype = jnp.float32,
                  rngs: nnx.Rngs):
         num_kv_heads = num_kv_heads or num_heads
@@ -72,26 +74,44 @@ class Attention(nnx.Module):
         # Plain multi-head k/v shard like q; grouped k/v have their own (smaller) axis.
         kv_name = "kv_heads" if grouped else "heads"
         self.kv_act_name = "act_kv_heads" if grouped else "act_heads"
-        common = dict(init_std=init_std, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        common = dict(init_std=init_std, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.query = _head_projection(hidden, num_heads, head_dim, "heads", **common)
         self.key = _head_projection(hidden, num_kv_heads, head_dim, kv_name, **common)
         self.value = _head_projection(hidden, num_kv_heads, head_dim, kv_name, **common)
         self.out = nnx.Einsum(
-            "blhk,hkd->bld", (num_heads, head_dim, hidden), (hidden,),
+            "blhk,hkd->bld", (num_heads, head_dim, hidden), (hidden,) if use_bias else None,
             kernel_init=param_init(nnx.initializers.normal(init_std), ("heads", "head_dim", "embed")),
             bias_init=param_init(nnx.initializers.zeros_init(), ("embed",)),
             dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.causal = causal
         self.dropout_rate = dropout_rate
+        self.rope_theta = rope_theta
 
-    def __call__(self, x: jax.Array, segment_ids: jax.Array, *,
+    def __call__(self, x: jax.Array, segment_ids: jax.Array, *, positions: jax.Array | None = None,
                  dropout_key: jax.Array | None = None) -> jax.Array:
         """Attends within each packed document of a row; x [B, L, hidden] -> [B, L, hidden]."""
+        return self.attend_with_kv(x, segment_ids, positions=positions, dropout_key=dropout_key)[0]
+
+    def attend_with_kv(self, x: jax.Array, segment_ids: jax.Array, *, positions: jax.Array | None = None,
+                       dropout_key: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Self-attention output [B, L, hidden] and the (rotated) keys and values [B, L, K, D]."""
+        q, k, v = self.project(x, positions)
+        mask = attention_mask(segment_ids, segment_ids, self.causal)
+        return self.combine(q, k, v, mask, dropout_key=dropout_key), k, v
+
+    def project(self, x: jax.Array, positions: jax.Array | None) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """q [B, L, H, D] and k, v [B, L, K, D], rotated by `positions` when RoPE is on."""
         q = constrain(self.query(x), ("act_batch", "act_length", "act_heads", "act_head_dim"))
         kv_names = ("act_batch", "act_length", self.kv_act_name, "act_head_dim")
         k = constrain(self.key(x), kv_names)
         v = constrain(self.value(x), kv_names)
-        mask = attention_mask(segment_ids, segment_ids, self.causal)
+        if self.rope_theta:
+            q, k = apply_rope(q, positions, self.rope_theta), apply_rope(k, positions, self.rope_theta)
+        return q, k, v
+
+    def combine(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *,
+                dropout_key: jax.Array | None = None) -> jax.Array:
+        """Attention of q over (k, v) under a bool mask [B, 1, Lq, S], then the output projection."""
         out = dot_product_attention(q, k, v, mask, dropout_rate=self.dropout_rate, dropout_key=dropout_key)
         out = constrain(out, ("act_batch", "act_length", "act_heads", "act_head_dim"))
         return constrain(self.out(out), ("act_batch", "act_length", "act_embed"))

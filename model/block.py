@@ -1,4 +1,4 @@
-"""One BERT encoder layer (post-LN), the unit that the layer stack repeats."""
+"""Transformer layers the stacks repeat: BERT's post-LN encoder block, Llama's pre-RMSNorm decoder block."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from model.attention import Attention
 from model.config import ModelConfig
 from model.dropout import dropout, site_key
 from model.mlp import Mlp
-from model.norm import LayerNorm
+from model.norm import LayerNorm, RMSNorm
 from model.sharding import constrain
 
 
@@ -43,4 +43,43 @@ class EncoderBlock(nnx.Module):
         x = self.attention_norm(_add(x, dropout(h, self.dropout_rate, site_key(dropout_key, 1))))
         h = self.mlp(x)
         x = self.mlp_norm(_add(x, dropout(h, self.dropout_rate, site_key(dropout_key, 2))))
+        return constrain(x, ("act_batch", "act_length", "act_embed"))
+
+
+class DecoderBlock(nnx.Module):
+    """Llama layer: x + attn(rmsnorm(x)), then x + swiglu(rmsnorm(x)); causal, RoPE, no biases."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        norm = dict(eps=cfg.layer_norm_eps, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.attention_norm = RMSNorm(cfg.hidden, **norm)
+        self.attention = Attention(
+            cfg.hidden, cfg.num_heads, cfg.resolved_head_dim, num_kv_heads=cfg.resolved_kv_heads,
+            causal=True, dropout_rate=cfg.attention_dropout, init_std=cfg.init_std, use_bias=False,
+            rope_theta=cfg.rope_theta, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.mlp_norm = RMSNorm(cfg.hidden, **norm)
+        self.mlp = Mlp(cfg.hidden, cfg.mlp_dim, init_std=cfg.init_std, gated=True, use_bias=False,
+                       dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.dropout_rate = cfg.dropout
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array, segment_ids: jax.Array, positions: jax.Array, *,
+                 dropout_key: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """x [B, L, hidden] (float32 residual stream) -> (x, keys, values [B, L, K, D]) for a cache."""
+        h, k, v = self.attention.attend_with_kv(
+            self.attention_norm(x), segment_ids, positions=positions, dropout_key=site_key(dropout_key, 0))
+        x = _add(x, dropout(h, self.dropout_rate, site_key(dropout_key, 1)))
+        return self._mlp_residual(x, site_key(dropout_key, 2)), k, v
+
+    def decode(self, x: jax.Array, positions: jax.Array, cache_k: jax.Array, cache_v: jax.Array,
+               index: jax.Array, key_mask: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """New tokens x [B, T, hidden] written into the cache at `index`, attending to `key_mask` [B, T, S]."""
+        q, k, v = self.attention.project(self.attention_norm(x), positions)
+        cache_k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), index, axis=1)
+        cache_v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), index, axis=1)
+        x = _add(x, self.attention.combine(q, cache_k, cache_v, key_mask[:, None]))
+        return self._mlp_residual(x, None), cache_k, cache_v
+
+    def _mlp_residual(self, x: jax.Array, key: jax.Array | None) -> jax.Array:
+        x = _add(x, dropout(self.mlp(self.mlp_norm(x)), self.dropout_rate, key))
         return constrain(x, ("act_batch", "act_length", "act_embed"))

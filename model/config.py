@@ -23,7 +23,17 @@ class ModelConfig:
     dtype: str = "float32"  # activations and matmuls: float32 | bfloat16
     param_dtype: str = "float32"
     remat: bool = False  # recompute each block in the backward pass to save memory
+    # The decoder family (defaults keep the BERT layout): llama = pre-RMSNorm blocks, RoPE,
+    # SwiGLU MLP, no biases, causal attention, next-token head. layer_norm_eps is the RMS eps.
+    arch: str = "bert"  # bert | llama
+    num_kv_heads: int = 0  # 0: num_heads; fewer gives grouped-query attention
+    rope_theta: float = 10000.0  # RoPE base (llama)
+    tie_embeddings: bool = True  # llama: logits on the word table, else a separate lm_head
 
     @property
     def resolved_head_dim(self) -> int:
         return self.head_dim or self.hidden // self.num_heads
+
+    @property
+    def resolved_kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads

@@ -12,14 +12,14 @@ from model.norm import LayerNorm
 from model.sharding import constrain, param_init
 
 
-def _table(rows: int, cfg: ModelConfig, names: tuple[str | None, str], rngs: nnx.Rngs) -> nnx.Embed:
+def embedding_table(rows: int, cfg: ModelConfig, names: tuple[str | None, str], rngs: nnx.Rngs) -> nnx.Embed:
     """A [rows, hidden] lookup table with normal(init_std) entries."""
     init = param_init(nnx.initializers.normal(cfg.init_std), names)
     return nnx.Embed(rows, cfg.hidden, embedding_init=init, param_dtype=jnp.dtype(cfg.param_dtype),
                      rngs=rngs)
 
 
-def _lookup(table: nnx.Embed, ids: jax.Array, table_names: tuple[str | None, str | None]) -> jax.Array:
+def lookup_rows(table: nnx.Embed, ids: jax.Array, table_names: tuple[str | None, str | None]) -> jax.Array:
     """Rows of a table as float32, gathered whole along `embed` first.
 
     The FSDP-sharded `embed` axis cannot be re-split into the batch after a gather
@@ -33,10 +33,10 @@ class BertEmbeddings(nnx.Module):
     """Token ids and per-document positions to the first hidden states [B, L, hidden]."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        self.word = _table(cfg.vocab_size, cfg, ("vocab", "embed"), rngs)
-        self.position = _table(cfg.max_len, cfg, (None, "embed"), rngs)
+        self.word = embedding_table(cfg.vocab_size, cfg, ("vocab", "embed"), rngs)
+        self.position = embedding_table(cfg.max_len, cfg, (None, "embed"), rngs)
         # Kept only so an export fills HF's token_type_embeddings; every token is type 0.
-        self.token_type = _table(2, cfg, (None, "embed"), rngs)
+        self.token_type = embedding_table(2, cfg, (None, "embed"), rngs)
         self.norm = LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps, dtype=jnp.dtype(cfg.dtype),
                               param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
         self.dropout_rate = cfg.dropout
@@ -44,8 +44,8 @@ class BertEmbeddings(nnx.Module):
     def __call__(self, tokens: jax.Array, positions: jax.Array, *,
                  dropout_key: jax.Array | None = None) -> jax.Array:
         """Sums the three embeddings in float32, normalizes, drops out; output in compute dtype."""
-        x = (_lookup(self.word, tokens, ("act_vocab", None))
-             + _lookup(self.position, positions, (None, None))
+        x = (lookup_rows(self.word, tokens, ("act_vocab", None))
+             + lookup_rows(self.position, positions, (None, None))
              + self.token_type.embedding[0].astype(jnp.float32))
         x = dropout(self.norm(x), self.dropout_rate, dropout_key)
         return constrain(x, ("act_batch", "act_length", "act_embed"))

@@ -1,4 +1,4 @@
-"""The feed-forward half of a transformer block (BERT's intermediate + output dense)."""
+"""The feed-forward half of a transformer block: BERT's GELU MLP or Llama's SwiGLU."""
 
 from __future__ import annotations
 
@@ -10,23 +10,35 @@ from model.sharding import constrain, param_init
 
 
 class Mlp(nnx.Module):
-    """hidden -> mlp_dim -> exact (erf) GELU -> hidden, both projections with bias."""
+    """hidden -> mlp_dim -> hidden: exact (erf) GELU with biases, or gated SiLU (SwiGLU).
 
-    def __init__(self, hidden: int, mlp_dim: int, *, init_std: float = 0.02,
-                 dtype: jnp.dtype = jnp.float32, param_dtype: jnp.dtype = jnp.float32,
-                 rngs: nnx.Rngs):
+    With `gated`, a third projection `gate` multiplies silu(gate(x)) into up(x), as HF
+    Llama's gate_proj / up_proj / down_proj.
+    """
+
+    def __init__(self, hidden: int, mlp_dim: int, *, init_std: float = 0.02, gated: bool = False,
+                 use_bias: bool = True, dtype: jnp.dtype = jnp.float32,
+                 param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
         normal = nnx.initializers.normal(init_std)
         zeros = nnx.initializers.zeros_init()
-        self.up = nnx.Linear(
-            hidden, mlp_dim, kernel_init=param_init(normal, ("embed", "mlp")),
-            bias_init=param_init(zeros, ("mlp",)), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.down = nnx.Linear(
-            mlp_dim, hidden, kernel_init=param_init(normal, ("mlp", "embed")),
-            bias_init=param_init(zeros, ("embed",)), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+        def linear(d_in: int, d_out: int, names: tuple[str, str]) -> nnx.Linear:
+            return nnx.Linear(
+                d_in, d_out, use_bias=use_bias, kernel_init=param_init(normal, names),
+                bias_init=param_init(zeros, names[1:]), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+        if gated:
+            self.gate = linear(hidden, mlp_dim, ("embed", "mlp"))
+        self.up = linear(hidden, mlp_dim, ("embed", "mlp"))
+        self.down = linear(mlp_dim, hidden, ("mlp", "embed"))
+        self.gated = gated
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """x [B, L, hidden] -> [B, L, hidden]; GELU in float32 (HF's "gelu" is the erf form)."""
-        h = jax.nn.gelu(self.up(x).astype(jnp.float32), approximate=False).astype(self.dtype)
-        h = constrain(h, ("act_batch", "act_length", "act_mlp"))
+        """x [B, L, hidden] -> [B, L, hidden]; the activation in float32 (HF's "gelu" is the erf form)."""
+        if self.gated:
+            h = jax.nn.silu(self.gate(x).astype(jnp.float32)) * self.up(x).astype(jnp.float32)
+        else:
+            h = jax.nn.gelu(self.up(x).astype(jnp.float32), approximate=False)
+        h = constrain(h.astype(self.dtype), ("act_batch", "act_length", "act_mlp"))
         return constrain(self.down(h), ("act_batch", "act_length", "act_embed"))

@@ -4,6 +4,7 @@ Both are cached on disk under the session's pytest temp folder, so every test mo
 asks gets the same files and only the first one pays for building them (about a second).
 """
 
+import json
 import pathlib
 
 import numpy as np
@@ -39,3 +40,33 @@ def numbered_rows(num_rows: int, seq_len: int = 8, pad_id: int = 0) -> PackedRow
     segment_ids = np.ones((num_rows, seq_len), np.int32)
     positions = np.tile(np.arange(seq_len, dtype=np.int32), (num_rows, 1))
     return PackedRows(tokens, segment_ids, positions, pad_id=pad_id)
+
+
+WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi "
+         "rho sigma tau upsilon phi chi psi omega river stone cloud paper light water").split()
+
+
+def write_text_files(directory: pathlib.Path, num_docs: int = 120, seed: int = 0) -> list[str]:
+    """A .txt of paragraphs and a .jsonl of records (each half the docs); returns the docs."""
+    rng = np.random.default_rng(seed)
+    docs = [" ".join(rng.choice(WORDS, int(rng.integers(3, 90)))) + f" doc{i}."
+            for i in range(num_docs)]
+    directory.mkdir(parents=True, exist_ok=True)
+    half = num_docs // 2
+    (directory / "a.txt").write_text("\n\n".join(docs[:half]) + "\n", encoding="utf-8")
+    (directory / "b.jsonl").write_text(
+        "".join(json.dumps({"text": d, "id": i}) + "\n" for i, d in enumerate(docs[half:])),
+        encoding="utf-8")
+    return docs
+
+
+def small_store_tokenizer(tmp_path_factory) -> Tokenizer:
+    """A 120-piece BPE tokenizer trained on write_text_files' documents, once per session."""
+    base = shared_dir(tmp_path_factory)
+    model = base / "store-tok.model"
+    if not model.exists():
+        docs = write_text_files(base / "tok-text")
+        text = base / "store-tok.txt"
+        text.write_text("\n".join(docs) + "\n", encoding="utf-8")
+        return load_or_train_tokenizer(model, text, vocab_size=120, model_type="bpe")
+    return Tokenizer(model)

@@ -15,6 +15,7 @@ import pathlib
 import typing
 from typing import Any
 
+from data.sources import DataError, parse_source
 from model.config import ModelConfig
 
 __all__ = [
@@ -31,7 +32,9 @@ class ConfigError(ValueError):
 class DataConfig:
     """Where text comes from, how it is tokenized, packed and masked."""
 
-    source: str = "builtin"  # builtin: docstrings of the installed Python packages
+    source: str = "builtin"  # builtin | files:<glob>[,...] | tfds:<name>[:<split>] | store:<dir>
+    text_field: str = "text"  # files:/tfds: sources: the JSONL key or TFDS feature with the text
+    tfds_data_dir: str = ""  # tfds: sources: data_dir (local or a bucket); "" is TFDS's default
     cache_dir: str = ""  # built corpora; "" means $MESHLM_CACHE or ~/.cache/meshlm
     max_corpus_bytes: int = 0  # 0: the whole built-in corpus; else a prefix (quick runs)
     tokenizer_type: str = "unigram"
@@ -173,10 +176,10 @@ def _parse(key: str, text: str, field_type: Any) -> Any:
 
 
 _CHOICES = {
-    "data.source": ("builtin",),
     "data.tokenizer_type": ("unigram", "bpe", "word", "char"),
     "model.dtype": ("float32", "bfloat16"),
     "model.param_dtype": ("float32", "bfloat16"),
+    "model.arch": ("bert", "llama"),
     "optim.schedule": ("linear", "cosine", "constant"),
 }
 
@@ -189,6 +192,10 @@ def validate(config: Config) -> None:
         if value not in accepted:
             raise ConfigError(f"config key '{key}' got '{value}'; accepted: {', '.join(accepted)}")
     m, d, o = config.model, config.data, config.optim
+    try:
+        parse_source(d.source)
+    except DataError as e:
+        raise ConfigError(f"config key 'data.source': {e}") from None
     _at_least(config, ["model.vocab_size"], 16)
     _at_least(config, ["model.max_len", "data.seq_len"], 4)
     _at_least(config, ["model.hidden", "model.num_layers", "model.num_heads", "model.mlp_dim",
@@ -212,6 +219,7 @@ def validate(config: Config) -> None:
             "accepted: non-negative with a sum of at most 1")
     if not m.head_dim and m.hidden % m.num_heads:
         raise ConfigError(f"model.hidden={m.hidden} is not divisible by model.num_heads={m.num_heads}; set model.head_dim or change either")
+    _check_decoder_fields(m)
     if d.seq_len > m.max_len:
         raise ConfigError(f"data.seq_len={d.seq_len} exceeds model.max_len={m.max_len}; accepted: data.seq_len <= model.max_len")
     if o.eps <= 0:
@@ -219,6 +227,18 @@ def validate(config: Config) -> None:
     if len(config.mesh.shape) != 3 or any(s == 0 or s < -1 for s in config.mesh.shape) or config.mesh.shape.count(-1) > 1:
         raise ConfigError(
             f"mesh.shape={config.mesh.shape}; accepted: 3 sizes for (data, fsdp, tensor), each >= 1, at most one -1")
+
+
+def _check_decoder_fields(m: ModelConfig) -> None:
+    """Cross-field rules of the decoder fields (kv heads, RoPE, tied embeddings)."""
+    if m.num_kv_heads < 0 or (m.num_kv_heads and m.num_heads % m.num_kv_heads):
+        raise ConfigError(f"model.num_kv_heads={m.num_kv_heads} does not divide model.num_heads={m.num_heads}; "
+                          "accepted: 0 (= num_heads) or a divisor of num_heads")
+    if m.arch == "llama" and (m.rope_theta <= 0 or m.resolved_head_dim % 2):
+        raise ConfigError(f"model.rope_theta={m.rope_theta} with head dim {m.resolved_head_dim}; "
+                          "accepted: rope_theta > 0 and an even head dim")
+    if m.arch == "bert" and not m.tie_embeddings:
+        raise ConfigError("model.tie_embeddings=false is only for model.arch=llama; BERT's MLM head is tied")
 
 
 def _check_types(obj: Any, prefix: str) -> None:

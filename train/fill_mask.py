@@ -78,14 +78,13 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 def main(argv: list[str]) -> None:
     del argv
-    from data.corpus import read_documents
     from train.workdir import open_workdir
 
     trained = open_workdir(_WORKDIR.value or "", _STEP.value)
     if _TEXT.value:
         examples = [(text, None) for text in _TEXT.value]
     else:
-        docs = read_documents(trained.data.corpus.validation)
+        docs = trained.data.validation_documents()
         examples = held_out_examples(docs, trained.data.tokenizer, _EXAMPLES.value)
     print(f"fill-mask with checkpoint step {trained.step} of {_WORKDIR.value}:")
     for (text, answer), masks in zip(examples, fill(trained, [t for t, _ in examples], _TOP_K.value)):

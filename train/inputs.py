@@ -7,7 +7,8 @@ import pathlib
 
 from jax.sharding import Mesh
 
-from data.store import PreparedData, prepare_builtin
+from data.sources import parse_source
+from data.store import PreparedData, prepare_builtin, prepare_source, prepare_store
 from train.config import Config, ConfigError
 from train.masking import MaskingSpec, budget_for_mesh, prediction_budget
 
@@ -25,6 +26,14 @@ def prepare_data(config: Config, workdir: pathlib.Path) -> PreparedData:
     except OSError as e:
         raise ConfigError(f"data.cache_dir={str(cache_dir)!r} cannot be created ({e.strerror or e}); "
                           "set --config.data.cache_dir or $MESHLM_CACHE to a writable directory") from None
+    spec = parse_source(d.source)
+    if spec.kind == "store":
+        return prepare_store(workdir, spec.path, seq_len=d.seq_len,
+                             vocab_size=config.model.vocab_size)
+    if spec.kind != "builtin":
+        return prepare_source(workdir, spec, seq_len=d.seq_len, vocab_size=config.model.vocab_size,
+                              model_type=d.tokenizer_type, text_field=d.text_field,
+                              tfds_data_dir=d.tfds_data_dir)
     return prepare_builtin(
         workdir, cache_dir=cache_dir, seq_len=d.seq_len, vocab_size=config.model.vocab_size,
         model_type=d.tokenizer_type, max_bytes=d.max_corpus_bytes or None)

@@ -11,6 +11,7 @@ from typing import Any, Callable
 import jax
 
 from data.batches import StepBatches
+from data.prefetch import prefetch_batches
 from data.store import PreparedData
 from train.checkpoint import Checkpoints
 from train.config import Config, ConfigError, config_from_json
@@ -25,7 +26,7 @@ from train.steps import compile_eval_step, compile_train_step
 
 # Model fields that decide parameter shapes and dtypes; the rest may change on resume.
 _SHAPE_FIELDS = ("vocab_size", "max_len", "hidden", "num_layers", "num_heads", "head_dim",
-                 "mlp_dim", "param_dtype")
+                 "mlp_dim", "param_dtype", "arch", "num_kv_heads", "tie_embeddings")
 
 
 def check_resumable(config: Config, meta: dict[str, Any], data: PreparedData, step: int) -> None:
@@ -72,7 +73,7 @@ def train(config: Config, workdir: pathlib.Path) -> dict[str, float]:
     if primary:  # only once the run is known to fit the workdir
         (workdir / "config.json").write_text(config.to_json())
     meta = {"config": json.loads(config.to_json()), **data_identity(data)}
-    spec = masking_spec(config, data, mesh)
+    spec = masking_spec(config, data, mesh) if config.model.arch == "bert" else None  # None: next-token LM
     train_step = compile_train_step(layout, mesh, tx=tx, schedule=schedule, spec=spec, seed=t.seed)
     baseline = most_frequent_token(data.train, data.tokenizer.special_ids())
     eval_step = compile_eval_step(layout, mesh, spec=spec, seed=t.seed, baseline_token=baseline)
@@ -90,8 +91,9 @@ def train(config: Config, workdir: pathlib.Path) -> dict[str, float]:
     window = _Window()
     pending = None
     final: dict[str, float] = {}
+    host_batches = prefetch_batches(batches, start, t.steps, jax.process_index(), jax.process_count())
     for step in range(start, t.steps):
-        batch = to_global(batches.batch(step, jax.process_index(), jax.process_count()), mesh)
+        batch = to_global(next(host_batches), mesh)
         profiler.before_step(step)
         state, metrics = train_step(state, batch)
         profiler.after_step(step, metrics)
@@ -122,7 +124,10 @@ def train(config: Config, workdir: pathlib.Path) -> dict[str, float]:
     checkpoints.close()
     bar.close()
     writer.close()
-    if final:
+    if final and spec is None:
+        log(f"held-out next-token loss {final['loss']:.4f}, perplexity {final['perplexity']:.2f}; "
+            f"accuracy {final['accuracy']:.4f} vs most-frequent-token baseline {final['baseline_accuracy']:.4f}")
+    elif final:
         ratio = final["accuracy"] / max(final["baseline_accuracy"], 1e-9)
         log(f"held-out MLM accuracy {final['accuracy']:.4f} vs most-frequent-token baseline "
             f"{final['baseline_accuracy']:.4f} ({ratio:.1f}x); loss {final['loss']:.4f}, "

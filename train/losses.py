@@ -1,4 +1,4 @@
-"""Masked-LM loss and accuracy as sums, so that they average correctly over any batch split."""
+"""Masked-LM and next-token loss and accuracy as sums, so that they average correctly over any batch split."""
 
 from __future__ import annotations
 
@@ -22,3 +22,15 @@ def mlm_sums(logits_BLV: jax.Array, targets_BL: jax.Array, weights_BL: jax.Array
         "correct": jnp.sum(correct_BL * weights_BL),
         "count": jnp.sum(weights_BL),
     }
+
+
+def next_token_targets(tokens_BL: jax.Array, segment_ids_BL: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Targets (the following token) and float weights for causal LM over packed rows.
+
+    A position counts only when the next token is in the same, non-padding segment, so
+    nothing is predicted across a document boundary and padding is never a target.
+    """
+    targets_BL = jnp.concatenate([tokens_BL[:, 1:], jnp.zeros_like(tokens_BL[:, :1])], axis=1)
+    next_segment_BL = jnp.concatenate([segment_ids_BL[:, 1:], jnp.zeros_like(segment_ids_BL[:, :1])], axis=1)
+    weights_BL = (segment_ids_BL > 0) & (next_segment_BL == segment_ids_BL)
+    return targets_BL, weights_BL.astype(jnp.float32)

@@ -16,6 +16,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from model.config import ModelConfig
+from model.decoder import LlamaLM
 from model.encoder import BertMLM
 from train.mesh import replicated, sharding_context
 
@@ -24,7 +25,8 @@ TrainState = dict[str, Any]
 
 def model_factory(cfg: ModelConfig) -> Callable[[int], nnx.Module]:
     """A function of an init seed that builds the model; one place that picks the class."""
-    return lambda seed: BertMLM(cfg, rngs=nnx.Rngs(seed))
+    model_class = LlamaLM if cfg.arch == "llama" else BertMLM
+    return lambda seed: model_class(cfg, rngs=nnx.Rngs(seed))
 
 
 @dataclasses.dataclass(frozen=True)

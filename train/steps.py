@@ -11,7 +11,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from train.losses import mlm_sums
+from train.losses import mlm_sums, next_token_targets
 from train.masking import MaskingSpec, gather_predictions, mask_tokens
 from train.mesh import batch_shardings, replicated, sharding_context
 from train.state import StateLayout, TrainState
@@ -40,16 +40,29 @@ def _mlm_forward(graphdef: Any, params: Any, batch: Batch, masked: tuple[jax.Arr
     return sums
 
 
+def _causal_forward(graphdef: Any, params: Any, batch: Batch, dropout_key: jax.Array | None) -> dict[str, jax.Array]:
+    """Next-token loss/accuracy sums of a decoder; targets never cross a segment boundary."""
+    model = nnx.merge(graphdef, params)
+    targets_BL, weights_BL = next_token_targets(batch["tokens"], batch["segment_ids"])
+    logits_BLV = model(batch["tokens"], batch["segment_ids"], batch["positions"], dropout_key=dropout_key)
+    sums = mlm_sums(logits_BLV, targets_BL, weights_BL)
+    sums["tokens"] = jnp.sum(batch["segment_ids"] > 0).astype(jnp.float32)
+    return sums
+
+
 def train_step(state: TrainState, batch: Batch, *, graphdef: Any, tx: optax.GradientTransformation,
-               schedule: optax.Schedule, spec: MaskingSpec, seed: int) -> tuple[TrainState, dict]:
-    """One AdamW step on the mean masked-token cross-entropy of the global batch."""
+               schedule: optax.Schedule, spec: MaskingSpec | None, seed: int) -> tuple[TrainState, dict]:
+    """One AdamW step on the mean masked-token (spec) or next-token (spec None) cross-entropy."""
     step = state["step"]
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _TRAIN_STREAM), step)
     mask_key, dropout_key = jax.random.split(key)
-    masked = mask_tokens(mask_key, batch["tokens"], spec)
+    masked = None if spec is None else mask_tokens(mask_key, batch["tokens"], spec)
 
     def loss_fn(params):
-        sums = _mlm_forward(graphdef, params, batch, masked, spec, dropout_key)
+        if spec is None:
+            sums = _causal_forward(graphdef, params, batch, dropout_key)
+        else:
+            sums = _mlm_forward(graphdef, params, batch, masked, spec, dropout_key)
         return sums["loss_sum"] / jnp.maximum(sums["count"], 1.0), sums
 
     (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
@@ -66,9 +79,14 @@ def train_step(state: TrainState, batch: Batch, *, graphdef: Any, tx: optax.Grad
     return {"step": step + 1, "params": params, "opt_state": opt_state}, metrics
 
 
-def eval_step(params: Any, batch: Batch, index: jax.Array, *, graphdef: Any, spec: MaskingSpec,
+def eval_step(params: Any, batch: Batch, index: jax.Array, *, graphdef: Any, spec: MaskingSpec | None,
               seed: int, baseline_token: int) -> dict[str, jax.Array]:
     """Sums over one held-out batch, masked by (seed, batch index) so every eval sees the same masks."""
+    if spec is None:  # causal LM: every next token of the batch is a target
+        sums = _causal_forward(graphdef, params, batch, None)
+        targets_BL, weights_BL = next_token_targets(batch["tokens"], batch["segment_ids"])
+        sums["baseline_correct"] = jnp.sum((targets_BL == baseline_token) * weights_BL)
+        return sums
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _EVAL_STREAM), index)
     masked = mask_tokens(key, batch["tokens"], spec)
     sums = _mlm_forward(graphdef, params, batch, masked, spec, None)

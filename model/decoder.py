@@ -1,0 +1,121 @@
+"""The Llama-style causal decoder, laid out to map one to one onto HF LlamaForCausalLM.
+
+Parameter paths and their Hugging Face names (i = layer index into the stacked axis;
+q/k/v kernels [hidden, H, D] become HF's [H*D, hidden] by reshape and transpose, out
+[H, D, hidden] becomes o_proj [hidden, H*D]; Linear kernels [in, out] transpose to [out, in]):
+
+    embed.embedding                      model.embed_tokens.weight
+    layers.attention_norm.scale[i]       model.layers.i.input_layernorm.weight
+    layers.attention.query.kernel[i]     model.layers.i.self_attn.q_proj.weight
+    layers.attention.key.kernel[i]       model.layers.i.self_attn.k_proj.weight
+    layers.attention.value.kernel[i]     model.layers.i.self_attn.v_proj.weight
+    layers.attention.out.kernel[i]       model.layers.i.self_attn.o_proj.weight
+    layers.mlp_norm.scale[i]             model.layers.i.post_attention_layernorm.weight
+    layers.mlp.{gate,up,down}.kernel[i]  model.layers.i.mlp.{gate,up,down}_proj.weight
+    final_norm.scale                     model.norm.weight
+    lm_head.kernel (untied only)         lm_head.weight (tied: embed.embedding)
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from model.block import DecoderBlock
+from model.config import ModelConfig
+from model.dropout import layer_keys, site_key
+from model.embeddings import embedding_table, lookup_rows
+from model.kv_cache import KVCache
+from model.norm import RMSNorm
+from model.sharding import constrain, param_init
+from model.stack import LAYERS_AXIS, create_stack
+
+
+class LlamaLM(nnx.Module):
+    """Causal LM over packed rows (attention stays inside each segment); parameters only."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        self.embed = embedding_table(cfg.vocab_size, cfg, ("vocab", "embed"), rngs)
+        self.layers = create_stack(lambda r: DecoderBlock(cfg, rngs=r), cfg.num_layers, rngs)
+        self.final_norm = RMSNorm(cfg.hidden, eps=cfg.layer_norm_eps, dtype=dtype,
+                                  param_dtype=param_dtype, rngs=rngs)
+        if not cfg.tie_embeddings:
+            self.lm_head = nnx.Linear(
+                cfg.hidden, cfg.vocab_size, use_bias=False,
+                kernel_init=param_init(nnx.initializers.normal(cfg.init_std), ("embed", "vocab")),
+                dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.tied = cfg.tie_embeddings
+        self.dropout_rate = cfg.dropout
+        self.num_layers = cfg.num_layers
+        self.remat = cfg.remat
+        self.dtype = dtype
+
+    def __call__(self, tokens: jax.Array, segment_ids: jax.Array, positions: jax.Array, *,
+                 dropout_key: jax.Array | None = None) -> jax.Array:
+        """Next-token logits, float32 [B, L, vocab]; `dropout_key=None` runs deterministically."""
+        return self.logits(self.encode(tokens, segment_ids, positions, dropout_key=dropout_key))
+
+    def encode(self, tokens: jax.Array, segment_ids: jax.Array, positions: jax.Array, *,
+               dropout_key: jax.Array | None = None) -> jax.Array:
+        """Final (normed) hidden states [B, L, hidden]; int32 inputs as in BertMLM.encode."""
+        return self._forward(tokens, segment_ids, positions, dropout_key, with_kv=False)
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """Float32 logits [..., vocab] for final hidden states [..., hidden]."""
+        if self.tied:
+            logits = jnp.einsum("...d,vd->...v", hidden, self.embed.embedding[...].astype(self.dtype),
+                                preferred_element_type=jnp.float32)
+        else:
+            logits = self.lm_head(hidden).astype(jnp.float32)
+        if logits.ndim == 3:
+            logits = constrain(logits, ("act_batch", "act_length", "act_vocab"))
+        return logits
+
+    def prefill(self, tokens: jax.Array, segment_ids: jax.Array, positions: jax.Array,
+                cache: KVCache) -> tuple[jax.Array, KVCache]:
+        """Runs a prompt batch [B, L] and writes its keys/values into cache slots 0..L-1."""
+        hidden, (k, v) = self._forward(tokens, segment_ids, positions, None, with_kv=True)
+        cache = {name: jax.lax.dynamic_update_slice_in_dim(cache[name], new.astype(cache[name].dtype), 0, axis=2)
+                 for name, new in (("k", k), ("v", v))}
+        return hidden, cache
+
+    def decode(self, tokens: jax.Array, positions: jax.Array, cache: KVCache, index: jax.Array,
+               key_mask: jax.Array) -> tuple[jax.Array, KVCache]:
+        """Hidden states [B, T, hidden] of new tokens [B, T] stored at cache slot `index`.
+
+        `key_mask` bool [B, T, S] says which cache slots (after the write) each new token sees.
+        """
+        x = constrain(lookup_rows(self.embed, tokens, ("act_vocab", None)),
+                      ("act_batch", "act_length", "act_embed"))
+
+        def step(x, layer: DecoderBlock, cache_k, cache_v):
+            x, cache_k, cache_v = layer.decode(x, positions, cache_k, cache_v, index, key_mask)
+            return x, cache_k, cache_v
+
+        scan = nnx.scan(step, in_axes=(nnx.Carry, 0, 0, 0), out_axes=(nnx.Carry, 0, 0),
+                        transform_metadata=LAYERS_AXIS)
+        x, k, v = scan(x, self.layers, cache["k"], cache["v"])
+        return self.final_norm(x), {"k": k, "v": v}
+
+    def _forward(self, tokens, segment_ids, positions, dropout_key, *, with_kv: bool):
+        """Embeds, runs the stacked blocks in one scan and applies the final norm."""
+        x = lookup_rows(self.embed, tokens, ("act_vocab", None))
+        x = constrain(x, ("act_batch", "act_length", "act_embed"))  # float32 residual stream
+
+        def step(x, layer: DecoderBlock, key):
+            x, k, v = layer(x, segment_ids, positions, dropout_key=key)
+            return (x, (k, v)) if with_kv else x
+
+        if self.remat:
+            step = nnx.remat(step, prevent_cse=False)
+        keys = layer_keys(site_key(dropout_key, 1), self.num_layers)
+        out_axes = (nnx.Carry, 0) if with_kv else nnx.Carry
+        scan = nnx.scan(step, in_axes=(nnx.Carry, 0, None if keys is None else 0), out_axes=out_axes,
+                        transform_metadata=LAYERS_AXIS)
+        out = scan(x, self.layers, keys)
+        if with_kv:
+            x, kv = out
+            return self.final_norm(x), kv
+        return self.final_norm(out)

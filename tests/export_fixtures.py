@@ -1,0 +1,72 @@
+"""Workdirs holding one checkpoint of a tiny BERT with random (non-trivial) weights, for export tests."""
+
+import dataclasses
+import json
+import pathlib
+import shutil
+
+import jax
+import numpy as np
+from flax import nnx
+
+from data.tokenizer import Tokenizer
+from train.checkpoint import Checkpoints
+from train.config import Config, ModelConfig
+from train.mesh import make_mesh
+from train.optimizer import make_optimizer
+from train.state import param_shardings, state_layout
+
+from tests.train_fixtures import tiny_config
+
+
+def tiny_export_config(vocab_size: int, **model) -> Config:
+    config = tiny_config()
+    config.model = dataclasses.replace(config.model, vocab_size=vocab_size, **model)
+    return config
+
+
+def random_params(model_cfg: ModelConfig, seed: int = 0) -> dict:
+    """Host params with every entry random: biases and norm scales too, so a swapped tensor shows."""
+    _, abstract, _ = param_shardings(model_cfg, make_mesh((1, 1, 1)))
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda x: rng.normal(0.0, 0.3, x.shape).astype(x.dtype), abstract)
+
+
+def write_checkpoint(workdir: pathlib.Path, config: Config, params: dict, tokenizer: Tokenizer,
+                     mesh_shape=(2, 2, 2), step: int = 7) -> pathlib.Path:
+    """Saves {step, params, fresh opt_state} sharded over `mesh_shape`, as the train loop would."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(tokenizer.path, workdir / "tokenizer.model")
+    mesh = make_mesh(mesh_shape)
+    tx, _ = make_optimizer(config.optim, config.train.steps)
+    layout = state_layout(config.model, tx, mesh)
+    sharded = jax.device_put(params, layout.shardings["params"])
+    opt_state = jax.jit(tx.init, out_shardings=layout.shardings["opt_state"])(sharded)
+    state = {"step": jax.device_put(np.int32(step), layout.shardings["step"]), "params": sharded,
+             "opt_state": opt_state}
+    checkpoints = Checkpoints(workdir, use_async=False)
+    checkpoints.save(step, state, {"config": json.loads(config.to_json()), "tokenizer_sha256": tokenizer.sha256()})
+    checkpoints.wait()
+    checkpoints.close()
+    return workdir
+
+
+def jax_logits(config: Config, params: dict, tokens: np.ndarray, segment_ids: np.ndarray,
+               positions: np.ndarray) -> np.ndarray:
+    """The meshlm model's own logits on one device, the reference every export is held to."""
+    graphdef, _, _ = param_shardings(config.model, make_mesh((1, 1, 1)))
+    model = nnx.merge(graphdef, jax.tree.map(np.asarray, params))
+    return np.asarray(model(tokens, segment_ids, positions))
+
+
+def fixed_batch(vocab_size: int, pad_id: int, rows: int = 3, length: int = 12, seed: int = 1):
+    """Token ids with padding at the end of two rows; one document per row, positions from 0."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(5, vocab_size, (rows, length)).astype(np.int32)
+    lengths = [length, length - 3, length - 5][:rows]
+    segment_ids = np.zeros_like(tokens)
+    for row, n in enumerate(lengths):
+        segment_ids[row, :n] = 1
+        tokens[row, n:] = pad_id
+    positions = np.broadcast_to(np.arange(length, dtype=np.int32), tokens.shape).copy()
+    return tokens, segment_ids, positions

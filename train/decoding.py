@@ -1,0 +1,168 @@
+"""Autoregressive decoding under one jax.jit: prefill, then a while_loop over a KV-cached step.
+
+Prompts are LEFT-padded to a bucket length P, so every row writes its next key/value at
+the same cache slot (P + t) and the first new token of every row comes from slot P - 1;
+each row's positions start at 0 on its first real token. One compile serves a
+(batch, P, max new tokens) bucket: the prompts, their lengths, the seed, the number of
+new tokens and the sampling settings (temperature, top-k, top-p) are all traced values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from model.config import ModelConfig
+from model.kv_cache import KVCache, cache_logical_names, init_cache
+from model.sharding import constrain
+from train.mesh import batch_sharding, replicated, sharding_context
+
+Params = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompts:
+    """A left-padded prompt batch: tokens int32 [B, P] and each row's real length [B]."""
+
+    tokens: np.ndarray
+    lengths: np.ndarray
+
+
+def bucket(n: int, minimum: int = 16) -> int:
+    """The power of two >= n (at least `minimum`): the lengths that get their own compile."""
+    return max(minimum, 1 << max(n - 1, 0).bit_length())
+
+
+def left_pad(prompts: list[list[int]], length: int, pad_id: int) -> Prompts:
+    """Packs token lists into a left-padded [B, length] batch (each list 1..length tokens)."""
+    tokens = np.full((len(prompts), length), pad_id, np.int32)
+    for row, ids in enumerate(prompts):
+        tokens[row, length - len(ids):] = ids
+    return Prompts(tokens, np.asarray([len(ids) for ids in prompts], np.int32))
+
+
+def prompt_layout(tokens: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(segment ids, positions, first real slot) of a left-padded batch; padding is segment 0."""
+    length = tokens.shape[1]
+    start_B = length - lengths
+    slots = jnp.arange(length)[None, :]
+    segment_ids = (slots >= start_B[:, None]).astype(jnp.int32)
+    positions = jnp.maximum(slots - start_B[:, None], 0).astype(jnp.int32)
+    return segment_ids, positions, start_B
+
+
+def prefill(model: nnx.Module, cfg: ModelConfig, tokens: jax.Array, lengths: jax.Array,
+            cache_length: int) -> tuple[jax.Array, KVCache, jax.Array]:
+    """Runs the prompts: (last-slot logits [B, V], filled cache, first real slot [B])."""
+    segment_ids, positions, start_B = prompt_layout(tokens, lengths)
+    cache = constrain_cache(init_cache(cfg, tokens.shape[0], cache_length), cfg)
+    hidden, cache = model.prefill(tokens, segment_ids, positions, cache)
+    return model.logits(hidden[:, -1]), constrain_cache(cache, cfg), start_B
+
+
+def decode_one(model: nnx.Module, cfg: ModelConfig, token_B: jax.Array, cache: KVCache, slot: jax.Array,
+               start_B: jax.Array) -> tuple[jax.Array, KVCache]:
+    """Feeds one token per row, stored at cache `slot`: (logits [B, V], cache)."""
+    slots = jnp.arange(cache["k"].shape[2])
+    key_mask = ((slots[None, :] >= start_B[:, None]) & (slots[None, :] <= slot))[:, None, :]
+    positions = (slot - start_B)[:, None]
+    hidden, cache = model.decode(token_B[:, None], positions, cache, slot, key_mask)
+    return model.logits(hidden[:, 0]), constrain_cache(cache, cfg)
+
+
+def constrain_cache(cache: KVCache, cfg: ModelConfig) -> KVCache:
+    """Pins the cache's layout like the activations (batch over data/fsdp, kv heads over tensor)."""
+    names = cache_logical_names(cfg)
+    return {name: constrain(value, names) for name, value in cache.items()}
+
+
+def sample(logits_BV: jax.Array, key: jax.Array, temperature: jax.Array, top_k: jax.Array,
+           top_p: jax.Array) -> jax.Array:
+    """Next tokens [B]: argmax when temperature <= 0, else a draw from the top-k / top-p filtered softmax."""
+
+    def draw(_):
+        scaled = logits_BV.astype(jnp.float32) / jnp.maximum(temperature, 1e-6)
+        vocab = scaled.shape[-1]
+        sorted_desc = -jnp.sort(-scaled, axis=-1)
+        k = jnp.where(top_k > 0, jnp.clip(top_k, 1, vocab), vocab)
+        kth = jnp.take(sorted_desc, k - 1, axis=-1)[:, None]
+        # Top-p keeps the smallest prefix whose mass reaches top_p (always at least one token).
+        cumulative = jnp.cumsum(jax.nn.softmax(sorted_desc, axis=-1), axis=-1)
+        keep = jnp.sum(cumulative - jax.nn.softmax(sorted_desc, axis=-1) < top_p, axis=-1)
+        pth = jnp.take_along_axis(sorted_desc, jnp.maximum(keep, 1)[:, None] - 1, axis=-1)
+        filtered = jnp.where(scaled >= jnp.maximum(kth, pth), scaled, -jnp.inf)
+        return jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)
+
+    def greedy(_):
+        return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+
+    return jax.lax.cond(temperature > 0, draw, greedy, None)
+
+
+def generate(params: Params, tokens: jax.Array, lengths: jax.Array, seed: jax.Array,
+             max_new_tokens: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p: jax.Array, *,
+             graphdef: Any, cfg: ModelConfig, max_new_bucket: int, eos_id: int,
+             pad_id: int) -> dict[str, jax.Array]:
+    """Generates up to `max_new_tokens` (<= max_new_bucket) per row, stopping early once every row hit EOS.
+
+    Returns tokens int32 [B, max_new_bucket] (pad after a row's end; EOS included) and
+    num_generated [B].
+    """
+    model = nnx.merge(graphdef, params)
+    batch, prompt_len = tokens.shape
+    logits, cache, start_B = prefill(model, cfg, tokens, lengths, prompt_len + max_new_bucket)
+    key = jax.random.key(seed)
+    first = sample(logits, jax.random.fold_in(key, 0), temperature, top_k, top_p)
+    out = jnp.full((batch, max_new_bucket), pad_id, jnp.int32).at[:, 0].set(first)
+    out = constrain(out, ("act_batch", "act_length"))
+    done = first == eos_id
+    count = jnp.ones((batch,), jnp.int32)
+
+    def cond(carry):
+        t, _, _, done, _, _ = carry
+        return (t < max_new_tokens) & ~jnp.all(done)
+
+    def body(carry):
+        t, last, out, done, count, cache = carry
+        # Merged inside the loop: NNX modules may not cross into another trace level.
+        logits, cache = decode_one(nnx.merge(graphdef, params), cfg, last, cache, prompt_len + t - 1, start_B)
+        token = sample(logits, jax.random.fold_in(key, t), temperature, top_k, top_p)
+        token = jnp.where(done, pad_id, token)
+        out = jax.lax.dynamic_update_slice_in_dim(out, token[:, None], t, axis=1)
+        count = count + (~done).astype(jnp.int32)
+        return t + 1, token, out, done | (token == eos_id), count, cache
+
+    carry = (jnp.int32(1), first, out, done, count, cache)
+    _, _, out, _, count, _ = jax.lax.while_loop(cond, body, carry)
+    return {"tokens": out, "num_generated": count}
+
+
+def compile_generate(graphdef: Any, param_shardings: Any, cfg: ModelConfig, mesh: Mesh, *,
+                     max_new_bucket: int, eos_id: int, pad_id: int) -> Callable[..., dict]:
+    """`generate` under jax.jit: params as laid out for training, prompt rows over data/fsdp.
+
+    Call as fn(params, tokens [B, P], lengths [B], seed, max_new_tokens, temperature, top_k, top_p).
+    """
+    rows = batch_sharding(mesh)
+    scalar = replicated(mesh)
+    jitted = jax.jit(
+        functools.partial(generate, graphdef=graphdef, cfg=cfg, max_new_bucket=max_new_bucket,
+                          eos_id=eos_id, pad_id=pad_id),
+        in_shardings=(param_shardings, rows, rows, scalar, scalar, scalar, scalar, scalar),
+        out_shardings={"tokens": rows, "num_generated": rows})
+
+    @functools.wraps(jitted)
+    def run(params, tokens, lengths, seed=0, max_new_tokens=None, temperature=0.0, top_k=0, top_p=1.0):
+        with sharding_context(mesh):
+            return jitted(params, tokens, lengths, np.int32(seed),
+                          np.int32(max_new_bucket if max_new_tokens is None else max_new_tokens),
+                          np.float32(temperature), np.int32(top_k), np.float32(top_p))
+
+    return run

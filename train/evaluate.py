@@ -1,0 +1,164 @@
+"""Evaluates checkpoints of a workdir: one, all, or each new one as training writes it.
+
+    python -m train.evaluate --workdir=DIR [--step=N | --all | --watch] [--split=validation]
+                             [--batches=N] [--batch_size=N] [--mesh=1,1,1] [--timeout=SECONDS]
+
+Metrics (loss, accuracy, perplexity, masked and total token counts, the most-frequent-token
+baseline) go to stdout, to workdir/eval/step_N.json (eval/<split>/ for other splits) and to
+TensorBoard under the same folder. Masks are those of the training loop's evaluation (same
+seed, same batches), so with equal --batches and --batch_size the numbers match the loop's.
+--watch is the side job of a pod: it evaluates each new checkpoint once and exits after the
+config's final step, or after --timeout seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+from typing import Callable
+
+from absl import flags
+
+from train import cli
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir.")
+_STEP = flags.DEFINE_integer("step", None, "Evaluate this checkpoint step (default: the latest).")
+_ALL = flags.DEFINE_bool("all", False, "Evaluate every saved checkpoint.")
+_WATCH = flags.DEFINE_bool("watch", False, "Evaluate each new checkpoint once, until the final step.")
+_SPLIT = flags.DEFINE_enum("split", "validation", ["validation", "train"], "Packed rows to evaluate on.")
+_BATCHES = flags.DEFINE_integer("batches", None, "Batches per evaluation (default: config's train.eval_batches; 0: all).")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Rows per batch (default: config's train.batch_size).")
+_MESH = flags.DEFINE_list("mesh", ["1", "1", "1"], "Mesh shape (data, fsdp, tensor) of this job; one entry may be -1.")
+_TIMEOUT = flags.DEFINE_float("timeout", 3600.0, "--watch: give up after this many seconds.")
+_POLL = flags.DEFINE_float("poll", 10.0, "--watch: seconds between looks for new checkpoints.")
+
+
+class Evaluator:
+    """The data, compiled eval step and metric sinks of one workdir, reused for every step."""
+
+    def __init__(self, workdir: pathlib.Path, step: int, *, split: str, batches: int | None,
+                 batch_size: int | None, mesh_shape: tuple[int, ...]):
+        from train.checkpoint import Checkpoints
+        from train.config import config_from_json
+        from train.evaluation import most_frequent_token
+        from train.inputs import check_same_data, masking_spec, prepare_data
+        from train.mesh import check_divisibility, make_mesh
+        from train.metrics import MetricWriter
+        from train.optimizer import make_optimizer
+        from train.state import state_layout
+        from train.steps import compile_eval_step
+
+        checkpoints = Checkpoints(workdir, use_async=False)
+        self.meta = checkpoints.restore_meta(step)
+        checkpoints.close()
+        self.config = config_from_json(json.dumps(self.meta["config"]))
+        t = self.config.train
+        self.workdir, self.split = workdir, split
+        self.batches = t.eval_batches if batches is None else batches
+        self.batch_size = batch_size or t.batch_size
+        self.mesh = make_mesh(mesh_shape)
+        check_divisibility(self.mesh, batch_size=self.batch_size, num_heads=self.config.model.num_heads)
+        self.data = prepare_data(self.config, workdir)
+        check_same_data(self.meta, self.data, f"checkpoint step {step}")
+        tx, _ = make_optimizer(self.config.optim, t.steps)
+        self.layout = state_layout(self.config.model, tx, self.mesh)
+        baseline = most_frequent_token(self.data.train, self.data.tokenizer.special_ids())
+        self.eval_step = compile_eval_step(self.layout, self.mesh, spec=masking_spec(self.config, self.data, self.mesh),
+                                           seed=t.seed, baseline_token=baseline)
+        self.out_dir = workdir / "eval" if split == "validation" else workdir / "eval" / split
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.writer = MetricWriter(self.out_dir)
+
+    @property
+    def final_step(self) -> int:
+        return self.config.train.steps
+
+    def result_path(self, step: int) -> pathlib.Path:
+        return self.out_dir / f"step_{step}.json"
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Restores the params of `step`, evaluates them and writes the three sinks."""
+        from train.evaluation import evaluate
+        from train.param_reader import restore_params
+
+        params = restore_params(self.workdir, step, self.layout.abstract["params"])
+        rows = self.data.validation if self.split == "validation" else self.data.train
+        metrics = evaluate(params, self.eval_step, rows, batch_size=self.batch_size,
+                           max_batches=self.batches, mesh=self.mesh)
+        self.writer.write(step, self.split, metrics)
+        record = {"step": step, "split": self.split, "batches": self.batches, "batch_size": self.batch_size, **metrics}
+        self.result_path(step).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        return metrics
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def saved_steps(workdir: pathlib.Path) -> list[int]:
+    """Finalized checkpoint steps (a save still in progress is not listed)."""
+    from train.checkpoint import Checkpoints
+
+    if not (workdir / "checkpoints").is_dir():
+        return []
+    checkpoints = Checkpoints(workdir, use_async=False)
+    steps = sorted(checkpoints.all_steps())
+    checkpoints.close()
+    return steps
+
+
+def watch(workdir: pathlib.Path, make: Callable[[int], Evaluator], *, timeout: float, poll: float,
+          echo=print) -> list[int]:
+    """Evaluates each new step once (skipping ones with results); stops at the final step or timeout."""
+    deadline = time.monotonic() + timeout
+    evaluator, done = None, []
+    while True:
+        steps = saved_steps(workdir)
+        if steps and evaluator is None:
+            evaluator = make(steps[-1])
+        for step in steps:
+            if evaluator is not None and not evaluator.result_path(step).exists():
+                evaluator.evaluate(step)
+                done.append(step)
+        if evaluator is not None and evaluator.final_step in steps:
+            echo(f"reached the final step {evaluator.final_step}; evaluated steps {done}")
+            break
+        if time.monotonic() >= deadline:
+            echo(f"--timeout reached before the final step; evaluated steps {done}")
+            break
+        time.sleep(min(poll, max(deadline - time.monotonic(), 0.0)))
+    if evaluator is not None:
+        evaluator.close()
+    return done
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    from train.config import ConfigError
+    from train.param_reader import resolve_step
+
+    if sum([_STEP.value is not None, _ALL.value, _WATCH.value]) > 1:
+        raise ConfigError("pass at most one of --step, --all and --watch")
+    workdir = pathlib.Path(_WORKDIR.value or "")
+    try:
+        mesh_shape = tuple(int(s) for s in _MESH.value)
+    except ValueError:
+        raise ConfigError(f"--mesh={','.join(_MESH.value)}; accepted: integers such as 1,1,1 or -1,1,1") from None
+    options = dict(split=_SPLIT.value, batches=_BATCHES.value, batch_size=_BATCH_SIZE.value, mesh_shape=mesh_shape)
+    if _WATCH.value:
+        if not _WORKDIR.value:
+            raise ConfigError("--workdir is required: the workdir of a training run")
+        watch(workdir, lambda step: Evaluator(workdir, step, **options), timeout=_TIMEOUT.value, poll=_POLL.value)
+        return
+    steps = saved_steps(workdir) if _ALL.value else [resolve_step(_WORKDIR.value or "", _STEP.value)]
+    if not steps:
+        resolve_step(_WORKDIR.value or "", None)  # says why there is nothing to evaluate
+    evaluator = Evaluator(workdir, steps[-1], **options)
+    for step in steps:
+        evaluator.evaluate(step)
+    evaluator.close()
+    print(f"results in {evaluator.out_dir}")
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,49 @@
+"""Exports a checkpoint for serving: a Hugging Face folder or a serialized jax.export artifact.
+
+    python -m train.export --workdir=DIR [--step=N] --format=hf --out=OUT [--dtype=bfloat16]
+    python -m train.export --workdir=DIR [--step=N] --format=jax --out=OUT [--platforms=cpu,cuda,tpu]
+
+Parameters are read from the checkpoint one array at a time (whatever mesh wrote it) and
+written before the next is read, so host memory stays near the largest stored array.
+"""
+
+from __future__ import annotations
+
+from absl import flags
+
+from train import cli
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir (or one made by train.import_hf).")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step; the latest by default.")
+_FORMAT = flags.DEFINE_enum("format", "hf", ["hf", "jax"], "hf: Transformers folder; jax: jax.export artifact.")
+_OUT = flags.DEFINE_string("out", None, "Output folder (created; files in it are overwritten).")
+_DTYPE = flags.DEFINE_string("dtype", "float32", "Tensor dtype of the export: float32 | bfloat16.")
+_PLATFORMS = flags.DEFINE_list("platforms", ["cpu"], "--format=jax: platforms to lower for (cpu, cuda, rocm, tpu).")
+
+_KNOWN_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    from train.export_hf import export_dtype, export_hf
+    from train.param_reader import CheckpointParams
+
+    if not _OUT.value:
+        raise cli.ConfigError("--out is required: the folder to write the export into")
+    export_dtype(_DTYPE.value)  # a bad dtype fails before any reading
+    bad = [p for p in _PLATFORMS.value if p not in _KNOWN_PLATFORMS]
+    if bad:
+        raise cli.ConfigError(f"--platforms={','.join(_PLATFORMS.value)}; accepted: {', '.join(_KNOWN_PLATFORMS)}")
+    source = CheckpointParams(_WORKDIR.value or "", _STEP.value)
+    if _FORMAT.value == "hf":
+        path = export_hf(source, _OUT.value, _DTYPE.value)
+    else:
+        from train.export_jax import export_jax
+
+        path = export_jax(source, _OUT.value, _DTYPE.value, tuple(_PLATFORMS.value))
+    print(f"exported checkpoint step {source.step} of {_WORKDIR.value} as {_FORMAT.value} "
+          f"({_DTYPE.value}) to {_OUT.value}: {path.name}")
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -5,9 +5,13 @@
 #   ./launch.sh test [pytest args]   install the test and hf extras and run the test suite
 #   ./launch.sh train [flags]        python -m train.main with these flags
 #   ./launch.sh run MODULE [flags]   python -m MODULE with these flags (train.evaluate, data.prepare, ...)
+#   ./launch.sh local --processes=N [--dry-run] -- [train flags]   N processes on this machine, one job
+#   ./launch.sh tpu --name=NAME --zone=ZONE [--project=P] [--dry-run] -- [train flags]   a Cloud TPU pod
+#   ./launch.sh slurm [--nodes=N --gpus_per_node=G ...] [--dry-run] -- [train flags]   sbatch + srun
 #
 # Environment: PYTHON (interpreter to build .venv from, default python3),
-# MESHLM_VENV (default .venv), WORKDIR (demo's workdir, default workdirs/demo).
+# MESHLM_VENV (default .venv), WORKDIR (demo's workdir, default workdirs/demo),
+# MESHLM_EXTRAS (extra pyproject extras to install, e.g. tpu or cuda).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -22,7 +26,8 @@ file_hash() { if command -v sha256sum >/dev/null; then sha256sum "$1"; else shas
 # Creates the venv and installs pyproject's dependencies (plus extras) unless the stamp
 # says this exact pyproject.toml and extras set are already installed.
 ensure_venv() {
-  local extras="$1"
+  local extras="$1${MESHLM_EXTRAS:+,$MESHLM_EXTRAS}"
+  extras="${extras#,}"
   local hash want
   hash="$(file_hash pyproject.toml)"
   want="$hash extras=[$extras]"
@@ -62,6 +67,9 @@ export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="${JAX_PERSISTENT_CACHE_MIN_CO
 export JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="${JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES:-0}"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
+# shellcheck source=scripts/multihost.sh
+source "$ROOT/scripts/multihost.sh"
+
 cmd="${1:-}"
 [[ $# -gt 0 ]] && shift
 case "$cmd" in
@@ -85,10 +93,13 @@ case "$cmd" in
     module="$1"; shift
     exec "$PY" -m "$module" "$@"
     ;;
+  local) launch_local "$@" ;;
+  tpu) launch_tpu "$@" ;;
+  slurm) launch_slurm "$@" ;;
   ""|-h|--help|help)
-    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
     ;;
   *)
-    die "unknown command '$cmd'; accepted: demo, test, train, run (see ./launch.sh --help)"
+    die "unknown command '$cmd'; accepted: demo, test, train, run, local, tpu, slurm (see ./launch.sh --help)"
     ;;
 esac

@@ -10,7 +10,7 @@ def get_config() -> Config:
             arch="llama", vocab_size=32000, max_len=2048, hidden=2048, num_layers=22, num_heads=32,
             num_kv_heads=4, mlp_dim=5632, dropout=0.0, attention_dropout=0.0, init_std=0.02,
             layer_norm_eps=1e-5, rope_theta=10000.0, tie_embeddings=False, dtype="bfloat16",
-            remat=True),
+            remat="full"),
         data=DataConfig(seq_len=2048),
         optim=OptimConfig(learning_rate=4e-4, schedule="cosine", warmup_steps=2000,
                           end_learning_rate_ratio=0.1, weight_decay=0.1, b2=0.95, eps=1e-8),

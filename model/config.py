@@ -22,7 +22,8 @@ class ModelConfig:
     init_std: float = 0.02
     dtype: str = "float32"  # activations and matmuls: float32 | bfloat16
     param_dtype: str = "float32"
-    remat: bool = False  # recompute each block in the backward pass to save memory
+    remat: str = "none"  # backward-pass recompute per block: none | full | dots (keep matmul outputs)
+    scan_layers: bool = True  # one nnx.scan over the stacked layers (compile time flat in depth)
     # The decoder family (defaults keep the BERT layout): llama = pre-RMSNorm blocks, RoPE,
     # SwiGLU MLP, no biases, causal attention, next-token head. layer_norm_eps is the RMS eps.
     arch: str = "bert"  # bert | llama

@@ -29,7 +29,7 @@ from model.embeddings import embedding_table, lookup_rows
 from model.kv_cache import KVCache
 from model.norm import RMSNorm
 from model.sharding import constrain, param_init
-from model.stack import LAYERS_AXIS, create_stack
+from model.stack import LAYERS_AXIS, create_stack, scan_stack
 
 
 class LlamaLM(nnx.Module):
@@ -50,6 +50,7 @@ class LlamaLM(nnx.Module):
         self.dropout_rate = cfg.dropout
         self.num_layers = cfg.num_layers
         self.remat = cfg.remat
+        self.scan_layers = cfg.scan_layers
         self.dtype = dtype
 
     def __call__(self, tokens: jax.Array, segment_ids: jax.Array, positions: jax.Array, *,
@@ -100,22 +101,25 @@ class LlamaLM(nnx.Module):
         return self.final_norm(x), {"k": k, "v": v}
 
     def _forward(self, tokens, segment_ids, positions, dropout_key, *, with_kv: bool):
-        """Embeds, runs the stacked blocks in one scan and applies the final norm."""
+        """Embeds, runs the stacked blocks (one scan, or unrolled) and applies the final norm.
+
+        With `with_kv` (prefill) the scan also returns every layer's keys and values.
+        """
         x = lookup_rows(self.embed, tokens, ("act_vocab", None))
         x = constrain(x, ("act_batch", "act_length", "act_embed"))  # float32 residual stream
+        keys = layer_keys(site_key(dropout_key, 1), self.num_layers)
+        if not with_kv:
+            def apply_block(layer: DecoderBlock, x: jax.Array, key: jax.Array | None) -> jax.Array:
+                return layer(x, segment_ids, positions, dropout_key=key)[0]
+
+            x = scan_stack(self.layers, x, keys, apply_block, remat=self.remat, scan=self.scan_layers)
+            return self.final_norm(x)
 
         def step(x, layer: DecoderBlock, key):
             x, k, v = layer(x, segment_ids, positions, dropout_key=key)
-            return (x, (k, v)) if with_kv else x
+            return x, (k, v)
 
-        if self.remat:
-            step = nnx.remat(step, prevent_cse=False)
-        keys = layer_keys(site_key(dropout_key, 1), self.num_layers)
-        out_axes = (nnx.Carry, 0) if with_kv else nnx.Carry
-        scan = nnx.scan(step, in_axes=(nnx.Carry, 0, None if keys is None else 0), out_axes=out_axes,
+        scan = nnx.scan(step, in_axes=(nnx.Carry, 0, None if keys is None else 0), out_axes=(nnx.Carry, 0),
                         transform_metadata=LAYERS_AXIS)
-        out = scan(x, self.layers, keys)
-        if with_kv:
-            x, kv = out
-            return self.final_norm(x), kv
-        return self.final_norm(out)
+        x, kv = scan(x, self.layers, keys)
+        return self.final_norm(x), kv

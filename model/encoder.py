@@ -41,6 +41,7 @@ class BertMLM(nnx.Module):
         self.head = MlmHead(cfg, rngs=rngs)
         self.num_layers = cfg.num_layers
         self.remat = cfg.remat
+        self.scan_layers = cfg.scan_layers
 
     def __call__(self, tokens: jax.Array, segment_ids: jax.Array, positions: jax.Array, *,
                  dropout_key: jax.Array | None = None) -> jax.Array:
@@ -63,10 +64,10 @@ class BertMLM(nnx.Module):
 
     def apply_layers(self, x: jax.Array, segment_ids: jax.Array, *,
                      dropout_key: jax.Array | None = None) -> jax.Array:
-        """Runs embedded inputs [B, L, hidden] through all blocks (one scan over the stack)."""
+        """Runs embedded inputs [B, L, hidden] through all blocks (a scan over the stack, or unrolled)."""
 
         def apply_block(block: EncoderBlock, x: jax.Array, key: jax.Array | None) -> jax.Array:
             return block(x, segment_ids, dropout_key=key)
 
         keys = layer_keys(dropout_key, self.num_layers)
-        return scan_stack(self.layers, x, keys, apply_block, remat=self.remat)
+        return scan_stack(self.layers, x, keys, apply_block, remat=self.remat, scan=self.scan_layers)

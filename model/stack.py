@@ -32,20 +32,42 @@ def create_stack(make_layer: Callable[[nnx.Rngs], Layer], num_layers: int, rngs:
     return create(rngs)
 
 
+# Remat policies by config name; True/False (older configs) mean full/none.
+REMAT_POLICIES = ("none", "full", "dots")
+
+
+def remat_policy(name: str | bool) -> tuple[bool, Callable | None]:
+    """(recompute?, jax checkpoint policy) for a remat name; `dots` saves matmul outputs."""
+    name = {True: "full", False: "none"}.get(name, name) if isinstance(name, bool) else name
+    if name not in REMAT_POLICIES:
+        raise ValueError(f"model.remat={name!r}; accepted: {', '.join(REMAT_POLICIES)}")
+    return name != "none", jax.checkpoint_policies.dots_saveable if name == "dots" else None
+
+
 def scan_stack(stack: Layer, x: jax.Array, layer_keys: jax.Array | None,
                apply_layer: Callable[[Layer, jax.Array, jax.Array | None], jax.Array], *,
-               remat: bool = False) -> jax.Array:
+               remat: str | bool = "none", scan: bool = True) -> jax.Array:
     """Runs x through the stacked layers in order; `layer_keys` [N] (or None) is scanned too.
 
-    With `remat`, each layer's activations are recomputed in the backward pass.
+    `remat` picks what each layer recomputes in the backward pass (see `remat_policy`).
+    With `scan=False` the layers are unrolled (one traced copy per layer, same parameters),
+    which compiles slower but lets XLA fuse across layer boundaries.
     """
 
     def step(x: jax.Array, layer: Layer, key: jax.Array | None) -> jax.Array:
         return apply_layer(layer, x, key)
 
-    if remat:
-        step = nnx.remat(step, prevent_cse=False)  # scan already keeps XLA from CSE-ing
+    recompute, policy = remat_policy(remat)
+    if recompute:  # inside a scan, XLA cannot CSE the recompute away
+        step = nnx.remat(step, prevent_cse=not scan, policy=policy)
+    if not scan:
+        graphdef, stacked = nnx.split(stack)
+        num_layers = jax.tree.leaves(stacked)[0].shape[0]
+        for i in range(num_layers):
+            layer = nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], stacked))
+            x = step(x, layer, None if layer_keys is None else layer_keys[i])
+        return x
     key_axis = None if layer_keys is None else 0
-    scan = nnx.scan(step, in_axes=(nnx.Carry, 0, key_axis), out_axes=nnx.Carry,
-                    transform_metadata=LAYERS_AXIS)
-    return scan(x, stack, layer_keys)
+    scan_fn = nnx.scan(step, in_axes=(nnx.Carry, 0, key_axis), out_axes=nnx.Carry,
+                       transform_metadata=LAYERS_AXIS)
+    return scan_fn(x, stack, layer_keys)

@@ -1,5 +1,6 @@
 """Configs: every file loads and validates; bad keys and values fail in one line before device work."""
 
+import json
 import os
 import pathlib
 import subprocess
@@ -7,7 +8,7 @@ import sys
 
 import pytest
 
-from train.config import Config, ConfigError, config_from_json, load_config
+from train.config import Config, ConfigError, config_from_json, load_config, validate
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.py"))
@@ -92,3 +93,15 @@ def test_cli_rejects_missing_config_file(tmp_path):
     result = _run_main("--config=configs/nope.py", f"--workdir={tmp_path}")
     assert result.returncode == 2 and "configs/nope.py" in result.stderr
     assert result.stderr.strip().count("\n") == 0, result.stderr
+
+
+def test_older_remat_bools_still_load():
+    config = Config()
+    config.model.remat = True  # as a config file written before remat policies
+    validate(config)
+    assert config.model.remat == "full"
+    raw = json.loads(Config().to_json())
+    raw["model"]["remat"] = False  # as a checkpoint's saved config
+    assert config_from_json(json.dumps(raw)).model.remat == "none"
+    with pytest.raises(ConfigError, match="model.remat"):
+        load_config("configs/bert_tiny.py", ["model.remat=some"])

@@ -1,8 +1,9 @@
-"""The scanned layer stack: equal to applying its blocks one by one; remat changes nothing."""
+"""The scanned layer stack: equal to applying its blocks one by one or unrolled; remat changes nothing."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from model import BertMLM, ModelConfig
@@ -39,8 +40,8 @@ def test_scan_equals_blocks_applied_by_hand():
     assert not np.allclose(by_hand, x, atol=1e-3)
 
 
-def _logits_and_grads(remat: bool) -> tuple[jax.Array, nnx.State]:
-    graphdef, params = nnx.split(BertMLM(_config(remat=remat), rngs=nnx.Rngs(_key(0))), nnx.Param)
+def _logits_and_grads(**cfg) -> tuple[jax.Array, nnx.State]:
+    graphdef, params = nnx.split(BertMLM(_config(**cfg), rngs=nnx.Rngs(_key(0))), nnx.Param)
     def loss(params):
         logits = nnx.merge(graphdef, params, copy=True)(*_batch(), dropout_key=_key(7))
         return jnp.mean(logits ** 2), logits
@@ -48,10 +49,20 @@ def _logits_and_grads(remat: bool) -> tuple[jax.Array, nnx.State]:
     return jax.jit(jax.grad(loss, has_aux=True))(params)[::-1]
 
 
-def test_remat_gives_equal_outputs_and_gradients():
-    logits, grads = _logits_and_grads(remat=False)
-    logits_remat, grads_remat = _logits_and_grads(remat=True)
-    np.testing.assert_allclose(logits_remat, logits, atol=1e-6)
-    for g, g_remat in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_remat)):
-        np.testing.assert_allclose(g_remat, g, atol=1e-6)
-    assert float(jnp.abs(grads["layers"]["mlp"]["up"]["kernel"][...]).max()) > 0.0
+def _assert_same(a: tuple[jax.Array, nnx.State], b: tuple[jax.Array, nnx.State]) -> None:
+    np.testing.assert_allclose(b[0], a[0], atol=1e-6)
+    for g, g_other in zip(jax.tree.leaves(a[1]), jax.tree.leaves(b[1])):
+        np.testing.assert_allclose(g_other, g, atol=1e-6)
+    assert float(jnp.abs(a[1]["layers"]["mlp"]["up"]["kernel"][...]).max()) > 0.0
+
+
+@pytest.mark.parametrize("remat", ["full", "dots", True])  # True: an older config's bool
+def test_remat_gives_equal_outputs_and_gradients(remat):
+    _assert_same(_logits_and_grads(remat="none"), _logits_and_grads(remat=remat))
+
+
+def test_unrolled_layers_equal_the_scan():
+    # Same stacked parameters, dropout on: only the way the layers are applied (and the
+    # unrolled path's remat) differs.
+    _assert_same(_logits_and_grads(remat="none", dropout=0.1),
+                 _logits_and_grads(remat="full", dropout=0.1, scan_layers=False))

@@ -10,6 +10,7 @@ from typing import Callable, Sequence
 
 from absl import app, flags, logging
 
+from train import distributed
 from train.config import Config, ConfigError, load_config
 
 _OVERRIDE_PREFIX = "--config."
@@ -65,6 +66,8 @@ def run(main: Callable[[list[str]], None]) -> None:
         # Orbax and JAX log progress at INFO through absl; keep stdout for meshlm's lines.
         logging.set_verbosity(logging.DEBUG if flags.FLAGS.debug else logging.WARNING)
         try:
+            distributed.initialize(distributed.plan(
+                _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value))  # before any JAX work
             main(argv)
         except (ConfigError, OSError, ValueError) as e:
             if flags.FLAGS.debug:
@@ -77,4 +80,8 @@ def run(main: Callable[[list[str]], None]) -> None:
 
 
 flags.DEFINE_bool("debug", False, "Show full tracebacks for user errors.")
+# Multi-process jobs (see train/distributed.py); SLURM and TPU pods need none of these.
+_COORDINATOR = flags.DEFINE_string("coordinator", "", "HOST:PORT of process 0, for a multi-process job.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Processes in the job (0: from the environment).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index (-1: from the environment).")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

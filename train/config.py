@@ -73,8 +73,7 @@ class TrainConfig:
     checkpoint_every: int = 500  # and at the end
     keep_checkpoints: int = 3
     progress_bar: bool = True  # only when stdout is a terminal
-    profile_start: int = 0  # first step of a jax.profiler trace into workdir/profile
-    profile_steps: int = 0  # steps traced; 0: no trace
+    peak_flops_per_device: float = 0.0  # for MFU; 0 looks the chip up (train/flops.py)
 
 
 @dataclasses.dataclass
@@ -180,12 +179,14 @@ _CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
     "model.param_dtype": ("float32", "bfloat16"),
     "model.arch": ("bert", "llama"),
+    "model.remat": ("none", "full", "dots"),
     "optim.schedule": ("linear", "cosine", "constant"),
 }
 
 
 def validate(config: Config) -> None:
     """Checks types, ranges and cross-field rules; raises ConfigError on the first problem."""
+    _accept_legacy(config)
     _check_types(config, "")
     for key, accepted in _CHOICES.items():
         value = _get(config, key)
@@ -203,7 +204,8 @@ def validate(config: Config) -> None:
                        "train.checkpoint_every", "train.keep_checkpoints"], 1)
     _at_least(config, ["model.head_dim", "optim.warmup_steps", "train.eval_every",
                        "train.eval_batches", "data.max_corpus_bytes", "train.profile_start", "train.profile_steps", "optim.weight_decay",
-                       "optim.clip_norm", "optim.learning_rate", "model.init_std", "train.seed"], 0)
+                       "optim.clip_norm", "optim.learning_rate", "model.init_std", "train.seed",
+                       "train.peak_flops_per_device"], 0)
     for key in ("model.dropout", "model.attention_dropout", "optim.b1", "optim.b2"):
         value = _get(config, key)
         if not 0.0 <= value < 1.0:
@@ -264,6 +266,13 @@ def _check_types(obj: Any, prefix: str) -> None:
             setattr(obj, f.name, tuple(value))
 
 
+def _accept_legacy(config: Config) -> None:
+    """Older configs and checkpoints say model.remat=True/False: read them as full/none."""
+    remat = config.model.remat
+    if isinstance(remat, bool) or remat in ("true", "false"):
+        config.model.remat = "full" if remat in (True, "true") else "none"
+
+
 def _get(config: Config, key: str) -> Any:
     value: Any = config
     for part in key.split("."):
@@ -296,5 +305,7 @@ def config_from_json(text: str) -> Config:
             kwargs[f.name] = value
         return cls(**kwargs)
 
-    return build(Config, raw)
+    config = build(Config, raw)
+    _accept_legacy(config)
+    return config
 

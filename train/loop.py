@@ -15,7 +15,9 @@ from data.prefetch import prefetch_batches
 from data.store import PreparedData
 from train.checkpoint import Checkpoints
 from train.config import Config, ConfigError, config_from_json
+from train.distributed import primary_first
 from train.evaluation import evaluate, most_frequent_token
+from train.flops import mfu, non_embedding_params, peak_flops_per_device, train_flops_per_token
 from train.inputs import check_same_data, data_identity, masking_spec, prepare_data
 from train.mesh import check_divisibility, make_mesh, to_global
 from train.metrics import MetricWriter, ProgressBar
@@ -60,7 +62,7 @@ def train(config: Config, workdir: pathlib.Path) -> dict[str, float]:
     check_divisibility(mesh, batch_size=t.batch_size, num_heads=config.model.num_heads)
     bar = ProgressBar(t.steps, 0, enabled=primary and t.progress_bar)
     log = bar.write if primary else (lambda line: None)
-    data = prepare_data(config, workdir)
+    data = primary_first(lambda: prepare_data(config, workdir))
     log(data.corpus.describe())
     log(f"tokenizer: {data.tokenizer.path} ({data.tokenizer.vocab_size} pieces); "
         f"rows of {config.data.seq_len}: {data.train.num_rows} train, {data.validation.num_rows} validation")
@@ -88,7 +90,7 @@ def train(config: Config, workdir: pathlib.Path) -> dict[str, float]:
         return metrics
 
     profiler = StepProfiler(workdir, t.profile_start, t.profile_steps, enabled=primary)
-    window = _Window()
+    window = _throughput_window(config, layout, spec.max_predictions, mesh)
     pending = None
     final: dict[str, float] = {}
     host_batches = prefetch_batches(batches, start, t.steps, jax.process_index(), jax.process_count())
@@ -142,6 +144,18 @@ class _Window:
     sums: dict[str, float] = dataclasses.field(default_factory=dict)
     steps: int = 0
     started: float = dataclasses.field(default_factory=time.perf_counter)
+    devices: int = 1
+    flops_per_token: float = 0.0  # model FLOPs per trained token (train/flops.py)
+    peak_flops: float | None = None  # per device; None (unknown chip) omits MFU
+
+
+def _throughput_window(config: Config, layout: StateLayout, max_predictions: int | None, mesh) -> _Window:
+    """A window that also knows what tokens/s per device and MFU need."""
+    seq_len = config.data.seq_len
+    flops = train_flops_per_token(config.model, non_embedding_params(layout.abstract["params"]), seq_len,
+                                  (max_predictions or seq_len) / seq_len)
+    peak = peak_flops_per_device(mesh.devices.flat[0].device_kind, config.train.peak_flops_per_device)
+    return _Window(devices=mesh.devices.size, flops_per_token=flops, peak_flops=peak)
 
 
 def _record(window: _Window, writer: MetricWriter, bar: ProgressBar, step: int, metrics: Any,
@@ -159,6 +173,9 @@ def _record(window: _Window, writer: MetricWriter, bar: ProgressBar, step: int, 
     line = {k: window.sums[k] / n for k in ("loss", "accuracy", "grad_norm")}
     line["learning_rate"] = values["learning_rate"]
     line["tokens_per_sec"] = window.sums["tokens"] / max(elapsed, 1e-9)
+    line["tokens_per_sec_per_device"] = line["tokens_per_sec"] / window.devices
+    if window.peak_flops:
+        line["mfu"] = mfu(window.flops_per_token, line["tokens_per_sec_per_device"], window.peak_flops)
     line["steps_per_sec"] = n / max(elapsed, 1e-9)
     writer.write(step, "train", line)
     window.sums, window.steps, window.started = {}, 0, time.perf_counter()

@@ -8,6 +8,8 @@ from train import cli
 
 _CONFIG = flags.DEFINE_string("config", None, "Config file with get_config(); override fields as --config.a.b=value.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the tokenizer, data cache, checkpoints and metrics.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Compile the train step for the config's mesh on simulated CPU "
+                             "devices and print its per-device memory; no data, no training.")
 
 
 def main(argv: list[str]) -> None:
@@ -16,6 +18,11 @@ def main(argv: list[str]) -> None:
     if not _CONFIG.value:
         raise cli.ConfigError("--config is required, e.g. --config=configs/bert_tiny.py")
     config = cli.config_from_flags(_CONFIG.value)
+    if _DRY_RUN.value:
+        from train.compile import dry_run
+
+        dry_run(config)
+        return
     workdir = cli.writable_workdir(_WORKDIR.value)
 
     from train.loop import train  # JAX starts here, after every check of the user's input

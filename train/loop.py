@@ -90,7 +90,7 @@ def train(config: Config, workdir: pathlib.Path) -> dict[str, float]:
         return metrics
 
     profiler = StepProfiler(workdir, t.profile_start, t.profile_steps, enabled=primary)
-    window = _throughput_window(config, layout, spec.max_predictions, mesh)
+    window = _throughput_window(config, layout, spec and spec.max_predictions, mesh)
     pending = None
     final: dict[str, float] = {}
     host_batches = prefetch_batches(batches, start, t.steps, jax.process_index(), jax.process_count())

@@ -22,6 +22,7 @@ from absl import app, flags
 
 from benchmarks.peak_flops import matmul_flops_per_sec
 from train.config import load_config
+from train.flops import non_embedding_params, train_flops_per_token
 from train.masking import MaskingSpec, prediction_budget
 from train.mesh import make_mesh, to_global
 from train.optimizer import make_optimizer
@@ -36,20 +37,6 @@ _STEPS = flags.DEFINE_integer("steps", 2, "Steps per side per round.")
 
 SPECIALS = (0, 1, 2, 3, 4)
 MASK_ID = 4
-
-
-def model_flops_per_step(m, batch: int, seq_len: int, predictions_per_row: float) -> float:
-    """Training FLOPs (forward + backward = 3x forward) of the matmuls the MLM objective needs.
-
-    6 x (layer and head-transform weights) per token, 6 x vocab x hidden per predicted
-    token, and bidirectional attention: 12 x layers x hidden x seq_len per token.
-    """
-    d, f = m.hidden, m.mlp_dim
-    per_layer = 4 * d * d + 2 * d * f
-    body = 6 * (m.num_layers * per_layer + d * d) * batch * seq_len
-    head = 6 * m.vocab_size * d * batch * predictions_per_row
-    attention = 12 * m.num_layers * d * seq_len * batch * seq_len
-    return body + head + attention
 
 
 def _batch(vocab: int, batch: int, seq_len: int) -> dict[str, np.ndarray]:
@@ -76,6 +63,7 @@ class JaxSide:
         self.state = init_state(m, tx, layout, mesh, seed=0)
         self.batch = to_global(batch, mesh)
         self.param_count = layout.param_count
+        self.non_embedding = non_embedding_params(layout.abstract["params"])
 
     def run(self, steps: int) -> float:
         started = time.perf_counter()
@@ -139,12 +127,12 @@ def main(argv: list[str]) -> None:
     tokens = _BATCH.value * _SEQ_LEN.value
     m = config.model
     # Both sides train on ~15% of tokens; PyTorch still projects every position onto the vocabulary.
-    predicted = config.data.mlm_probability * _SEQ_LEN.value
-    needed = model_flops_per_step(m, _BATCH.value, _SEQ_LEN.value, predicted)
-    dense = model_flops_per_step(m, _BATCH.value, _SEQ_LEN.value, _SEQ_LEN.value)
+    n, budget = sides["meshlm"].non_embedding, sides["meshlm"].spec.max_predictions
+    needed = tokens * train_flops_per_token(m, n, _SEQ_LEN.value, budget / _SEQ_LEN.value)
+    dense = tokens * train_flops_per_token(m, n, _SEQ_LEN.value)
     print(f"{config.name} shape: {sides['meshlm'].param_count / 1e6:.1f}M parameters, batch {_BATCH.value} x "
           f"{_SEQ_LEN.value}, fp32; measured fp32 matmul peak {peak / 1e9:.1f} GFLOP/s")
-    print(f"model FLOPs per step: {needed / 1e12:.3f} T (MLM: vocab projection of the ~15% predicted tokens); "
+    print(f"model FLOPs per step: {needed / 1e12:.3f} T (train/flops.py; vocab projection of the MLM budget's positions); "
           f"{dense / 1e12:.3f} T projecting every token")
     for name, values in times.items():
         best = min(values)

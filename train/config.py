@@ -74,6 +74,8 @@ class TrainConfig:
     keep_checkpoints: int = 3
     progress_bar: bool = True  # only when stdout is a terminal
     peak_flops_per_device: float = 0.0  # for MFU; 0 looks the chip up (train/flops.py)
+    profile_start: int = 0  # first step of a jax.profiler trace into workdir/profile
+    profile_steps: int = 0  # steps traced; 0: no trace
 
 
 @dataclasses.dataclass

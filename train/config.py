@@ -74,6 +74,8 @@ class TrainConfig:
     keep_checkpoints: int = 3
     progress_bar: bool = True  # only when stdout is a terminal
     peak_flops_per_device: float = 0.0  # for MFU; 0 looks the chip up (train/flops.py)
+    profile_start: int = 0  # first step of a jax.profiler trace into workdir/profile
+    profile_steps: int = 0  # steps traced; 0: no trace
 
 
 @dataclasses.dataclass
@@ -203,7 +205,7 @@ def validate(config: Config) -> None:
                        "train.steps", "train.batch_size", "train.log_every",
                        "train.checkpoint_every", "train.keep_checkpoints"], 1)
     _at_least(config, ["model.head_dim", "optim.warmup_steps", "train.eval_every",
-                       "train.eval_batches", "data.max_corpus_bytes", "optim.weight_decay",
+                       "train.eval_batches", "data.max_corpus_bytes", "train.profile_start", "train.profile_steps", "optim.weight_decay",
                        "optim.clip_norm", "optim.learning_rate", "model.init_std", "train.seed",
                        "train.peak_flops_per_device"], 0)
     for key in ("model.dropout", "model.attention_dropout", "optim.b1", "optim.b2"):

@@ -22,6 +22,7 @@ from train.inputs import check_same_data, data_identity, masking_spec, prepare_d
 from train.mesh import check_divisibility, make_mesh, to_global
 from train.metrics import MetricWriter, ProgressBar
 from train.optimizer import make_optimizer
+from train.profiler import StepProfiler
 from train.state import StateLayout, TrainState, init_state, state_layout
 from train.steps import compile_eval_step, compile_train_step
 
@@ -88,13 +89,16 @@ def train(config: Config, workdir: pathlib.Path) -> dict[str, float]:
         writer.write(step, "eval", metrics)
         return metrics
 
+    profiler = StepProfiler(workdir, t.profile_start, t.profile_steps, enabled=primary)
     window = _throughput_window(config, layout, spec and spec.max_predictions, mesh)
     pending = None
     final: dict[str, float] = {}
     host_batches = prefetch_batches(batches, start, t.steps, jax.process_index(), jax.process_count())
     for step in range(start, t.steps):
         batch = to_global(next(host_batches), mesh)
+        profiler.before_step(step)
         state, metrics = train_step(state, batch)
+        profiler.after_step(step, metrics)
         if step == start:  # the first call compiles: time it apart from throughput
             started = time.perf_counter()
             jax.block_until_ready(metrics)
@@ -117,6 +121,7 @@ def train(config: Config, workdir: pathlib.Path) -> dict[str, float]:
             window.started += time.perf_counter() - eval_started  # not training throughput
     if start >= t.steps:  # nothing left to train: report the saved model
         final = run_eval(start)
+    profiler.close()
     checkpoints.wait()
     checkpoints.close()
     bar.close()

@@ -1,0 +1,147 @@
+"""meshlm's jitted BERT train step against Hugging Face BertForMaskedLM + torch AdamW, same shapes.
+
+Both sides train the BERT-base shape (12 layers, 768 hidden, 12 heads, 3072 MLP, vocab
+32000, fp32, AdamW, dropout 0.1) on the same 15%-masked batch of 8 x 128 tokens. They
+alternate in this process after warm-up; the best round of each is compared. MFU divides
+each side's model FLOPs per second by the fp32 matmul peak measured in the same run.
+
+    ./launch.sh run benchmarks.train_vs_torch [--batch=8] [--seq_len=128] [--rounds=3]
+
+Needs the `hf` extra (torch 2.13.0 CPU, transformers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from benchmarks.peak_flops import matmul_flops_per_sec
+from train.config import load_config
+from train.flops import non_embedding_params, train_flops_per_token
+from train.masking import MaskingSpec, prediction_budget
+from train.mesh import make_mesh, to_global
+from train.optimizer import make_optimizer
+from train.state import init_state, state_layout
+from train.steps import compile_train_step
+
+_CONFIG = flags.DEFINE_string("config", "configs/bert_base.py", "Model shape (the batch shape comes from flags).")
+_BATCH = flags.DEFINE_integer("batch", 8, "Rows per step.")
+_SEQ_LEN = flags.DEFINE_integer("seq_len", 128, "Tokens per row.")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Timed rounds; each round runs both sides.")
+_STEPS = flags.DEFINE_integer("steps", 2, "Steps per side per round.")
+
+SPECIALS = (0, 1, 2, 3, 4)
+MASK_ID = 4
+
+
+def _batch(vocab: int, batch: int, seq_len: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(len(SPECIALS), vocab, (batch, seq_len)).astype(np.int32)
+    tokens[:, 0], tokens[:, -1] = 2, 3
+    return {"tokens": tokens, "segment_ids": np.ones_like(tokens),
+            "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), tokens.shape).copy()}
+
+
+class JaxSide:
+    """meshlm's train step on one device, with the MLM prediction budget the trainer uses."""
+
+    def __init__(self, config, batch: dict[str, np.ndarray]):
+        m, d = config.model, config.data
+        mesh = make_mesh((1, 1, 1), jax.devices()[:1])
+        tx, schedule = make_optimizer(config.optim, config.train.steps)
+        layout = state_layout(m, tx, mesh)
+        seq_len = batch["tokens"].shape[1]
+        self.spec = MaskingSpec(mask_id=MASK_ID, vocab_size=m.vocab_size, special_ids=SPECIALS,
+                                probability=d.mlm_probability,
+                                max_predictions=prediction_budget(seq_len, d.mlm_probability))
+        self.step = compile_train_step(layout, mesh, tx=tx, schedule=schedule, spec=self.spec, seed=0)
+        self.state = init_state(m, tx, layout, mesh, seed=0)
+        self.batch = to_global(batch, mesh)
+        self.param_count = layout.param_count
+        self.non_embedding = non_embedding_params(layout.abstract["params"])
+
+    def run(self, steps: int) -> float:
+        started = time.perf_counter()
+        for _ in range(steps):
+            self.state, metrics = self.step(self.state, self.batch)
+        jax.block_until_ready(metrics)
+        return (time.perf_counter() - started) / steps
+
+
+class TorchSide:
+    """Transformers' BertForMaskedLM with torch.optim.AdamW; labels -100 where not masked."""
+
+    def __init__(self, config, batch: dict[str, np.ndarray]):
+        import torch
+        import transformers
+
+        m = config.model
+        torch.manual_seed(0)
+        hf_config = transformers.BertConfig(
+            vocab_size=m.vocab_size, hidden_size=m.hidden, num_hidden_layers=m.num_layers,
+            num_attention_heads=m.num_heads, intermediate_size=m.mlp_dim, max_position_embeddings=m.max_len,
+            hidden_dropout_prob=m.dropout, attention_probs_dropout_prob=m.attention_dropout,
+            layer_norm_eps=m.layer_norm_eps, hidden_act="gelu")
+        self.torch = torch
+        self.model = transformers.BertForMaskedLM(hf_config).train()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, weight_decay=0.01)
+        rng = np.random.default_rng(1)
+        tokens = batch["tokens"]
+        chosen = (rng.random(tokens.shape) < config.data.mlm_probability) & (tokens >= len(SPECIALS))
+        self.inputs = torch.from_numpy(np.where(chosen, MASK_ID, tokens).astype(np.int64))
+        self.labels = torch.from_numpy(np.where(chosen, tokens, -100).astype(np.int64))
+        self.attention_mask = torch.ones_like(self.inputs)
+
+    def run(self, steps: int) -> float:
+        started = time.perf_counter()
+        for _ in range(steps):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.model(input_ids=self.inputs, attention_mask=self.attention_mask, labels=self.labels).loss
+            loss.backward()
+            self.torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.optimizer.step()
+        return (time.perf_counter() - started) / steps
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    config = load_config(_CONFIG.value)
+    config.data = dataclasses.replace(config.data, seq_len=_SEQ_LEN.value)
+    batch = _batch(config.model.vocab_size, _BATCH.value, _SEQ_LEN.value)
+    peak = matmul_flops_per_sec(2048, "float32")
+    sides = {"meshlm": JaxSide(config, batch), "pytorch": TorchSide(config, batch)}
+    for side in sides.values():  # warm-up: compile, allocate, first optimizer state
+        side.run(2)
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(_ROUNDS.value):
+        for name, side in sides.items():
+            times[name].append(side.run(_STEPS.value))
+    tokens = _BATCH.value * _SEQ_LEN.value
+    m = config.model
+    # Both sides train on ~15% of tokens; PyTorch still projects every position onto the vocabulary.
+    n, budget = sides["meshlm"].non_embedding, sides["meshlm"].spec.max_predictions
+    needed = tokens * train_flops_per_token(m, n, _SEQ_LEN.value, budget / _SEQ_LEN.value)
+    dense = tokens * train_flops_per_token(m, n, _SEQ_LEN.value)
+    print(f"{config.name} shape: {sides['meshlm'].param_count / 1e6:.1f}M parameters, batch {_BATCH.value} x "
+          f"{_SEQ_LEN.value}, fp32; measured fp32 matmul peak {peak / 1e9:.1f} GFLOP/s")
+    print(f"model FLOPs per step: {needed / 1e12:.3f} T (train/flops.py; vocab projection of the MLM budget's positions); "
+          f"{dense / 1e12:.3f} T projecting every token")
+    for name, values in times.items():
+        best = min(values)
+        print(f"  {name:8s} step {best:7.3f} s  {tokens / best:7.1f} tokens/s  "
+              f"MFU {needed / best / peak:6.1%}  (dense-head FLOPs: {dense / best / peak:6.1%})  "
+              f"rounds {', '.join(f'{v:.2f}' for v in values)}")
+    ratio = min(times["pytorch"]) / min(times["meshlm"])
+    print(f"meshlm / pytorch tokens/s: {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    app.run(main)

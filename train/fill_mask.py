@@ -44,8 +44,8 @@ def held_out_examples(documents: list[str], tokenizer, count: int) -> list[tuple
 
 def fill(trained, texts: list[str], top_k: int) -> list[list[list[tuple[str, float]]]]:
     """For each text, for each [MASK] in it: the top_k (piece, probability) fillers."""
+    from train.mask_predict import compile_top_k_fillers
     from train.mesh import to_global
-    from train.steps import compile_forward
 
     tok, seq_len = trained.data.tokenizer, trained.config.data.seq_len
     rows = []
@@ -59,21 +59,17 @@ def fill(trained, texts: list[str], top_k: int) -> list[list[list[tuple[str, flo
     tokens = np.asarray(rows, np.int32)
     batch = {"tokens": tokens, "segment_ids": (tokens != tok.pad_id).astype(np.int32),
              "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), tokens.shape).copy()}
-    logits = np.asarray(compile_forward(trained.layout, trained.mesh)(trained.params, to_global(batch, trained.mesh)))
+    # Softmax and top-k run inside the jitted call: only [B, L, top_k] comes back to the host.
+    top_k_fn = compile_top_k_fillers(trained.layout.graphdef, trained.layout.shardings["params"], trained.mesh, top_k)
+    probs, ids = (np.asarray(x) for x in top_k_fn(trained.params, to_global(batch, trained.mesh)))
     results = []
-    for row, row_logits in zip(tokens, logits):
+    for row, row_probs, row_ids in zip(tokens, probs, ids):
         per_mask = []
         for position in np.flatnonzero(row == tok.mask_id):
-            probs = _softmax(row_logits[position])
-            best = np.argsort(-probs)[:top_k]
-            per_mask.append([(tok.id_to_piece(int(i)).replace("▁", ""), float(probs[i])) for i in best])
+            per_mask.append([(tok.id_to_piece(int(i)).replace("▁", ""), float(p))
+                             for p, i in zip(row_probs[position], row_ids[position])])
         results.append(per_mask)
     return results
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max())
-    return e / e.sum()
 
 
 def main(argv: list[str]) -> None:

@@ -25,9 +25,6 @@ from train.config import Config, ConfigError, DataConfig, validate
 from train.hf_families import Family, family_of_hf, from_hf
 from train.safetensors_file import SafetensorsReader
 
-_HF_DIR = flags.DEFINE_string("hf_dir", None, "A Transformers model folder: config.json and model.safetensors.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "The meshlm workdir to create (must not hold checkpoints).")
-
 SPM_NAMES = ("tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
 
 
@@ -124,15 +121,18 @@ def import_hf(hf_dir: str | pathlib.Path, workdir: str | pathlib.Path) -> Config
 
 def main(argv: list[str]) -> None:
     del argv
-    if not _HF_DIR.value:
+    hf_dir, workdir = flags.FLAGS.hf_dir, flags.FLAGS.workdir
+    if not hf_dir:
         raise ConfigError("--hf_dir is required: a Transformers model folder")
-    if not _WORKDIR.value:
+    if not workdir:
         raise ConfigError("--workdir is required: the meshlm workdir to create")
-    config = import_hf(_HF_DIR.value, _WORKDIR.value)
+    config = import_hf(hf_dir, workdir)
     m = config.model
-    print(f"imported {_HF_DIR.value} into {_WORKDIR.value} as checkpoint step 0: {m.num_layers} layers, "
+    print(f"imported {hf_dir} into {workdir} as checkpoint step 0: {m.num_layers} layers, "
           f"hidden {m.hidden}, vocab {m.vocab_size}")
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # flags only here: tests import import_hf() beside other CLIs
+    flags.DEFINE_string("hf_dir", None, "A Transformers model folder: config.json and model.safetensors.")
+    flags.DEFINE_string("workdir", None, "The meshlm workdir to create (must not hold checkpoints).")
     cli.run(main)

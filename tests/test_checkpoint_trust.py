@@ -42,6 +42,7 @@ def test_an_older_step_survives_until_the_newer_one_commits(tmp_path, monkeypatc
     assert sorted(p.name for p in checkpoints.directory.iterdir()) == ["2"]
 
 
+@pytest.mark.slow
 def test_keep_last_k_and_the_best_by_an_eval_metric(setup):
     make, workdir = setup
     # max of the loss: an early step is "best", so it must outlive the last-K window.
@@ -57,6 +58,7 @@ def test_keep_last_k_and_the_best_by_an_eval_metric(setup):
     checkpoints.close()
 
 
+@pytest.mark.slow
 def test_damaged_latest_steps_fall_back_in_one_line_each(setup):
     make, workdir = setup
     config = make(steps=6)
@@ -93,6 +95,7 @@ def _huge_lr(make, **train_fields):
     return config
 
 
+@pytest.mark.slow
 def test_a_non_finite_step_stops_the_run_and_keeps_the_good_checkpoint(setup):
     make, workdir = setup
     config = _huge_lr(make)
@@ -108,6 +111,7 @@ def test_a_non_finite_step_stops_the_run_and_keeps_the_good_checkpoint(setup):
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state))
 
 
+@pytest.mark.slow
 def test_skip_nonfinite_drops_the_update_and_counts_it(setup):
     make, workdir = setup
     config = _huge_lr(make, skip_nonfinite=True)

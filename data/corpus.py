@@ -82,13 +82,32 @@ def builtin_corpus(cache_dir: str | os.PathLike, max_bytes: int | None = None) -
 
 
 def read_documents(path: str | os.PathLike) -> list[str]:
-    """The documents of a one-document-per-line text file, skipping empty lines."""
+    """The documents of a one-document-per-line text file, skipping empty lines.
+
+    Bytes that are not UTF-8 never stop a run: they become U+FFFD and the lines that had
+    them are counted in one warning on stderr.
+    """
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no corpus file at {path}: expected a UTF-8 text file, "
                                 "one document per line")
-    with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\n") for line in f if line.strip()]
+    docs, replaced = [], 0
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            line = line.rstrip("\n")
+            if _UNDECODABLE.search(line):
+                line = _UNDECODABLE.sub("\ufffd", line)
+                replaced += 1
+            docs.append(line)
+    if replaced:
+        print(f"warning: {path}: {replaced} of {len(docs)} documents had bytes that are not "
+              "UTF-8; replaced them with U+FFFD", file=sys.stderr)
+    return docs
+
+
+_UNDECODABLE = re.compile("[\udc80-\udcff]")  # how surrogateescape carries an undecodable byte
 
 
 def _cache_key(max_bytes: int | None) -> str:

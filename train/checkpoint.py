@@ -1,22 +1,53 @@
-"""Orbax checkpoints of the train state, restored into targets that carry the current shardings."""
+"""Orbax checkpoints of the train state, restored into targets that carry the current shardings.
+
+Trust rules: a step is used only once orbax has committed it (renamed from its
+`*.orbax-checkpoint-tmp-*` folder and stamped `_CHECKPOINT_METADATA` with a commit time);
+a damaged latest step is reported in one line, moved to `workdir/damaged_checkpoints/`
+and the previous one is used; old steps are deleted only after a newer step has committed.
+
+Test hook (tests only): `MESHLM_TEST_HOLD_COMMIT=STEP:SECONDS` makes the background save of
+STEP sleep just before its commit (the rename), so a test can kill a run in the middle of an
+asynchronous save.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import pathlib
-from typing import Any
+import time
+from typing import Any, Callable
 
+import jax
 import orbax.checkpoint as ocp
 
 from train.state import TrainState
 
+DAMAGED_DIR = "damaged_checkpoints"
+COMMIT_FILE = "_CHECKPOINT_METADATA"  # orbax writes it last; it holds the commit time
+_LOWER_IS_BETTER = ("loss", "perplexity")
+
 
 class Checkpoints:
-    """Saves `{state, meta}` under workdir/checkpoints/<step>; keeps the newest `keep`."""
+    """Saves `{state, meta}` under workdir/checkpoints/<step>; keeps the last `keep` (and the best)."""
 
-    def __init__(self, workdir: str | pathlib.Path, *, keep: int = 3, use_async: bool = True):
-        self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+    def __init__(self, workdir: str | pathlib.Path, *, keep: int = 3, use_async: bool = True,
+                 best_metric: str = "", best_mode: str = "auto"):
+        """`best_metric`: also keep the checkpoint with the best `meta["metrics"][best_metric]`."""
+        self.workdir = pathlib.Path(workdir).absolute()
+        self.directory = self.workdir / "checkpoints"
+        self._keep = keep
+        self._best_metric = best_metric
+        if best_mode == "auto":
+            best_mode = "min" if best_metric in _LOWER_IS_BETTER else "max"
+        self._best_mode = best_mode
+        self._metrics: dict[int, dict[str, float]] = {}
+        self._saving: int | None = None
+        # Retention is ours (max_to_keep=None): orbax would delete old steps even when the
+        # new save failed; we delete only steps older than one known to be committed.
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, enable_async_checkpointing=use_async, create=True)
+            max_to_keep=None, enable_async_checkpointing=use_async, create=True,
+            async_options=ocp.AsyncOptions(post_finalization_callback=self._test_hold) if use_async else None)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
@@ -29,8 +60,15 @@ class Checkpoints:
         """Starts an asynchronous save; training continues while it is written.
 
         Orbax copies every array to host memory before this returns, so the next train
-        step may donate (overwrite) the state's device buffers safely.
+        step may donate (overwrite) the state's device buffers safely. The previous save
+        must have committed first (orbax waits for it anyway), and only then are steps
+        beyond the retention policy deleted, so the newest committed step always survives.
         """
+        self._manager.wait_until_finished()
+        self._prune()
+        if meta.get("metrics"):
+            self._metrics[step] = meta["metrics"]
+        self._saving = step
         self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
 
@@ -44,10 +82,107 @@ class Checkpoints:
         """Only the JSON metadata of a step (config, tokenizer), without touching devices."""
         return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
+    def restore_latest(self, abstract_state: TrainState, check: Callable[[int, dict], None],
+                       warn: Callable[[str], None]) -> tuple[TrainState, dict[str, Any], int] | None:
+        """The newest step that restores cleanly; damaged newer steps are reported and set aside.
+
+        `check(step, meta)` may raise ConfigError (another model, another tokenizer): that is
+        the user's mistake, not damage, and is passed on untouched.
+        """
+        for step in sorted(self.all_steps(), reverse=True):
+            problem = commit_problem(self.directory / str(step))
+            meta = None
+            if problem is None:
+                try:
+                    meta = self.restore_meta(step)
+                except Exception as e:  # orbax/tensorstore raise many types for a bad file
+                    problem = f"unreadable metadata: {_first_line(e)}"
+            if problem is None:
+                check(step, meta)
+                try:
+                    state, _ = self.restore(step, abstract_state)
+                    return state, meta, step
+                except Exception as e:
+                    problem = f"unreadable state: {_first_line(e)}"
+            moved = self._set_aside(step)
+            warn(f"warning: checkpoint step {step} in {self.directory} is damaged ({problem}); "
+                 f"moved it to {moved} and falling back to the previous checkpoint")
+        return None
+
     def wait(self) -> None:
         """Blocks until every pending save is committed."""
         self._manager.wait_until_finished()
 
     def close(self) -> None:
+        """Waits for the pending save, applies the retention policy (if this saved) and closes."""
+        self._manager.wait_until_finished()
+        if self._saving is not None:  # a reader never deletes anything
+            self._prune()
         self._manager.close()
 
+    def _prune(self) -> None:
+        """Deletes committed steps beyond the last `keep` and the best; call with no save in flight."""
+        steps = sorted(self.all_steps())
+        kept = set(steps[-self._keep:])
+        best = self._best_step(steps)
+        if best is not None:
+            kept.add(best)
+        for step in steps:
+            if step not in kept:
+                self._manager.delete(step)
+
+    def _best_step(self, steps: list[int]) -> int | None:
+        if not self._best_metric:
+            return None
+        scored = []
+        for step in steps:
+            if step not in self._metrics:
+                try:
+                    self._metrics[step] = self.restore_meta(step).get("metrics") or {}
+                except Exception:  # an unreadable step is never the best
+                    self._metrics[step] = {}
+            value = self._metrics[step].get(self._best_metric)
+            if value is not None:
+                scored.append((value if self._best_mode == "min" else -value, -step, step))
+        return min(scored)[2] if scored else None
+
+    def _set_aside(self, step: int) -> pathlib.Path:
+        """Moves a damaged step out of the manager's sight (never deletes it)."""
+        target = self.workdir / DAMAGED_DIR / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if jax.process_index() == 0:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(self.directory / str(step), target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"meshlm-set-aside-{step}")
+        self._manager.reload()
+        return target
+
+    def _test_hold(self) -> None:
+        """The MESHLM_TEST_HOLD_COMMIT hook: sleeps before the commit of the chosen step."""
+        hold = os.environ.get("MESHLM_TEST_HOLD_COMMIT", "")
+        if hold:
+            step, seconds = hold.split(":")
+            if self._saving == int(step):
+                time.sleep(float(seconds))
+
+
+def commit_problem(step_dir: pathlib.Path) -> str | None:
+    """Why a step folder is not a committed checkpoint, or None when its commit marker is sound."""
+    marker = step_dir / COMMIT_FILE
+    try:
+        committed = json.loads(marker.read_text()).get("commit_timestamp_nsecs")
+    except FileNotFoundError:
+        return f"no commit marker {COMMIT_FILE}"
+    except (OSError, ValueError) as e:
+        return f"unreadable commit marker {COMMIT_FILE}: {_first_line(e)}"
+    if not committed:
+        return f"commit marker {COMMIT_FILE} has no commit time"
+    missing = [item for item in ("state", "meta") if not (step_dir / item).is_dir()]
+    return f"missing {', '.join(missing)}" if missing else None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:200]}" if text else type(error).__name__

@@ -76,6 +76,9 @@ class TrainConfig:
     peak_flops_per_device: float = 0.0  # for MFU; 0 looks the chip up (train/flops.py)
     profile_start: int = 0  # first step of a jax.profiler trace into workdir/profile
     profile_steps: int = 0  # steps traced; 0: no trace
+    keep_best_metric: str = ""  # also keep the best checkpoint by this eval metric; "" keeps only the last
+    keep_best_mode: str = "auto"  # auto: min for loss/perplexity, max for accuracy | min | max
+    skip_nonfinite: bool = False  # skip (and count) updates with a non-finite loss or gradient instead of stopping
 
 
 @dataclasses.dataclass
@@ -183,6 +186,8 @@ _CHOICES = {
     "model.arch": ("bert", "llama"),
     "model.remat": ("none", "full", "dots"),
     "optim.schedule": ("linear", "cosine", "constant"),
+    "train.keep_best_metric": ("", "loss", "accuracy", "perplexity"),
+    "train.keep_best_mode": ("auto", "min", "max"),
 }
 
 
@@ -228,6 +233,10 @@ def validate(config: Config) -> None:
         raise ConfigError(f"data.seq_len={d.seq_len} exceeds model.max_len={m.max_len}; accepted: data.seq_len <= model.max_len")
     if o.eps <= 0:
         raise ConfigError(f"config key 'optim.eps' got {o.eps}; accepted: a number > 0")
+    t = config.train
+    if t.keep_best_metric and not (t.eval_every and t.checkpoint_every % t.eval_every == 0):
+        raise ConfigError(f"train.keep_best_metric='{t.keep_best_metric}' needs an eval at every checkpoint; "
+                          f"accepted: train.eval_every a divisor of train.checkpoint_every={t.checkpoint_every}")
     if len(config.mesh.shape) != 3 or any(s == 0 or s < -1 for s in config.mesh.shape) or config.mesh.shape.count(-1) > 1:
         raise ConfigError(
             f"mesh.shape={config.mesh.shape}; accepted: 3 sizes for (data, fsdp, tensor), each >= 1, at most one -1")

@@ -21,8 +21,10 @@ from train.flops import mfu, non_embedding_params, peak_flops_per_device, train_
 from train.inputs import check_same_data, data_identity, masking_spec, prepare_data
 from train.mesh import check_divisibility, make_mesh, to_global
 from train.metrics import MetricWriter, ProgressBar
+from train.nonfinite import NonFiniteGuard
 from train.optimizer import make_optimizer
 from train.profiler import StepProfiler
+from train.preemption import Preemption
 from train.state import StateLayout, TrainState, init_state, state_layout
 from train.steps import compile_eval_step, compile_train_step
 
@@ -43,21 +45,22 @@ def check_resumable(config: Config, meta: dict[str, Any], data: PreparedData, st
 
 
 def _start_state(config: Config, data: PreparedData, layout: StateLayout, tx, mesh,
-                 checkpoints: Checkpoints, log: Callable[[str], None]) -> tuple[TrainState, int]:
-    """The latest checkpoint restored onto this mesh, or a fresh state born sharded."""
-    start = checkpoints.latest_step()
-    if start is None:
-        return init_state(config.model, tx, layout, mesh, config.train.seed), 0
-    check_resumable(config, checkpoints.restore_meta(start), data, start)
-    state, _ = checkpoints.restore(start, layout.abstract)
+                 checkpoints: Checkpoints, log: Callable[[str], None]) -> tuple[TrainState, int, dict]:
+    """The latest sound checkpoint restored onto this mesh, or a fresh state born sharded."""
+    restored = checkpoints.restore_latest(
+        layout.abstract, lambda step, meta: check_resumable(config, meta, data, step), log)
+    if restored is None:
+        return init_state(config.model, tx, layout, mesh, config.train.seed), 0, {}
+    state, meta, start = restored
     log(f"resumed from checkpoint step {start} in {checkpoints.directory}")
-    return state, start
+    return state, start, meta
 
 
 def train(config: Config, workdir: pathlib.Path) -> dict[str, float]:
     """Trains (or resumes) to config.train.steps; returns the final held-out metrics."""
     primary = jax.process_index() == 0
     t = config.train
+    preemption = Preemption()  # first, so a SIGTERM during setup is not lost
     mesh = make_mesh(config.mesh.shape)  # before the data: a bad mesh fails in a second
     check_divisibility(mesh, batch_size=t.batch_size, num_heads=config.model.num_heads)
     bar = ProgressBar(t.steps, 0, enabled=primary and t.progress_bar)
@@ -70,13 +73,17 @@ def train(config: Config, workdir: pathlib.Path) -> dict[str, float]:
     layout = state_layout(config.model, tx, mesh)
     log(f"model: {layout.param_count / 1e6:.2f}M parameters; mesh {dict(mesh.shape)} over {mesh.devices.size} devices")
 
-    checkpoints = Checkpoints(workdir, keep=t.keep_checkpoints)
-    state, start = _start_state(config, data, layout, tx, mesh, checkpoints, log)
+    checkpoints = Checkpoints(workdir, keep=t.keep_checkpoints, best_metric=t.keep_best_metric,
+                              best_mode=t.keep_best_mode)
+    state, start, saved_meta = _start_state(config, data, layout, tx, mesh, checkpoints, log)
+    guard = NonFiniteGuard(t.skip_nonfinite, saved_meta.get("nonfinite_skips", 0), log,
+                           on_stop=lambda: _last_good(checkpoints))
     if primary:  # only once the run is known to fit the workdir
         (workdir / "config.json").write_text(config.to_json())
     meta = {"config": json.loads(config.to_json()), **data_identity(data)}
     spec = masking_spec(config, data, mesh) if config.model.arch == "bert" else None  # None: next-token LM
-    train_step = compile_train_step(layout, mesh, tx=tx, schedule=schedule, spec=spec, seed=t.seed)
+    train_step = compile_train_step(layout, mesh, tx=tx, schedule=schedule, spec=spec, seed=t.seed,
+                                    skip_nonfinite=t.skip_nonfinite)
     baseline = most_frequent_token(data.train, data.tokenizer.special_ids())
     eval_step = compile_eval_step(layout, mesh, spec=spec, seed=t.seed, baseline_token=baseline)
     batches = StepBatches(data.train, t.batch_size, t.seed)
@@ -105,25 +112,35 @@ def train(config: Config, workdir: pathlib.Path) -> dict[str, float]:
             log(f"first step (compile and run) took {time.perf_counter() - window.started:.1f}s")
             window.started = started
         if pending is not None:  # one step late: the host waits on step-1 while step runs
+            guard.check(*pending)
             _record(window, writer, bar, *pending, t.log_every)
         pending = (step + 1, metrics)
         done = step + 1
-        save = done % t.checkpoint_every == 0 or done == t.steps
+        preempted = preemption.reached(done)
+        save = done % t.checkpoint_every == 0 or done == t.steps or preempted
         evaluate_now = (t.eval_every and done % t.eval_every == 0) or done == t.steps
         if save or evaluate_now:  # these wait on this step anyway: log it first
-            _record(window, writer, bar, *pending, t.log_every, force=done == t.steps)
+            guard.check(*pending)  # never save a non-finite state
+            _record(window, writer, bar, *pending, t.log_every, force=done == t.steps or preempted)
             pending = None
-        if save:
-            checkpoints.save(done, state, meta)
-        if evaluate_now:
+        if evaluate_now:  # before the save, so the checkpoint records its eval metrics
             eval_started = time.perf_counter()
             final = run_eval(done)
             window.started += time.perf_counter() - eval_started  # not training throughput
+        if save:
+            checkpoints.save(done, state, {**meta, "nonfinite_skips": guard.skipped,
+                                           "metrics": final if evaluate_now else {}})
+        if preempted:
+            checkpoints.wait()
+            log(f"preempted (SIGTERM): saved and committed step {done} in {checkpoints.directory}; "
+                "rerun the same command to resume")
+            break
     if start >= t.steps:  # nothing left to train: report the saved model
         final = run_eval(start)
     profiler.close()
     checkpoints.wait()
     checkpoints.close()
+    preemption.close()
     bar.close()
     writer.close()
     if final and spec is None:
@@ -135,6 +152,14 @@ def train(config: Config, workdir: pathlib.Path) -> dict[str, float]:
             f"{final['baseline_accuracy']:.4f} ({ratio:.1f}x); loss {final['loss']:.4f}, "
             f"perplexity {final['perplexity']:.2f}")
     return final
+
+
+def _last_good(checkpoints: Checkpoints) -> str:
+    """Lets a pending (finite) save commit, then names the newest committed step."""
+    checkpoints.wait()
+    latest = checkpoints.latest_step()
+    checkpoints.close()
+    return f"last good checkpoint: step {latest} in {checkpoints.directory}"
 
 
 @dataclasses.dataclass

@@ -51,8 +51,14 @@ def _causal_forward(graphdef: Any, params: Any, batch: Batch, dropout_key: jax.A
 
 
 def train_step(state: TrainState, batch: Batch, *, graphdef: Any, tx: optax.GradientTransformation,
-               schedule: optax.Schedule, spec: MaskingSpec | None, seed: int) -> tuple[TrainState, dict]:
-    """One AdamW step on the mean masked-token (spec) or next-token (spec None) cross-entropy."""
+               schedule: optax.Schedule, spec: MaskingSpec | None, seed: int,
+               skip_nonfinite: bool = False) -> tuple[TrainState, dict]:
+    """One AdamW step on the mean masked-token (spec) or next-token (spec None) cross-entropy.
+
+    `metrics["nonfinite"]` is 1 when the loss, a gradient or an updated parameter is not
+    finite; with `skip_nonfinite` such an update is dropped (params and optimizer state
+    stay as they were) and only the step advances.
+    """
     step = state["step"]
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _TRAIN_STREAM), step)
     mask_key, dropout_key = jax.random.split(key)
@@ -68,6 +74,10 @@ def train_step(state: TrainState, batch: Batch, *, graphdef: Any, tx: optax.Grad
     (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
+    finite = _all_finite((loss, grads, params))
+    if skip_nonfinite:
+        params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                                         (params, opt_state), (state["params"], state["opt_state"]))
     metrics = {
         "loss": loss,
         "accuracy": sums["correct"] / jnp.maximum(sums["count"], 1.0),
@@ -75,8 +85,15 @@ def train_step(state: TrainState, batch: Batch, *, graphdef: Any, tx: optax.Grad
         "learning_rate": schedule(step),
         "tokens": sums["tokens"],
         "masked": sums["count"],
+        "nonfinite": 1.0 - finite.astype(jnp.float32),
     }
     return {"step": step + 1, "params": params, "opt_state": opt_state}, metrics
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    """True when every float in `tree` is finite (a norm could overflow where no value does)."""
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 def eval_step(params: Any, batch: Batch, index: jax.Array, *, graphdef: Any, spec: MaskingSpec | None,

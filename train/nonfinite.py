@@ -1,0 +1,47 @@
+"""NaN and Inf: the step computes a finiteness flag; the loop reads it with the metrics.
+
+The flag rides along with the metrics that the loop fetches one step late anyway, so the
+check costs no extra host sync. A save always fetches its own step's metrics first, so a
+non-finite state is never written: the run stops (or, when configured, the jitted step
+has already dropped the update and the loop counts it).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+
+from train.config import ConfigError
+
+
+class NonFiniteError(ConfigError):
+    """Training produced a non-finite loss, gradient or parameter; the message names the step."""
+
+
+class NonFiniteGuard:
+    """Stops the run at the first non-finite step, or counts the steps whose update was skipped."""
+
+    def __init__(self, skip: bool, skipped: int = 0, log: Callable[[str], None] = print,
+                 on_stop: Callable[[], str] = lambda: ""):
+        """`on_stop` runs before the error is raised and returns a clause for its message."""
+        self.skip = skip
+        self.skipped = skipped  # carried across restarts in the checkpoint's meta
+        self._log = log
+        self._on_stop = on_stop
+
+    def check(self, step: int, metrics: dict[str, Any]) -> None:
+        """Raises NonFiniteError (or counts a skip) when step `step` was not finite."""
+        if not float(jax.device_get(metrics["nonfinite"])):
+            return
+        if self.skip:
+            self.skipped += 1
+            self._log(f"step {step}: non-finite loss or gradient; update skipped "
+                      f"({self.skipped} skipped so far)")
+            return
+        loss = float(jax.device_get(metrics["loss"]))
+        where = self._on_stop()
+        raise NonFiniteError(
+            f"step {step}: non-finite loss or gradient (loss {loss}); stopped without saving it"
+            f"{'; ' + where if where else ''}; lower optim.learning_rate or set "
+            "--config.train.skip_nonfinite=true to skip such updates")

@@ -17,6 +17,8 @@ Parameter names (path in `BertMLM`: names; `layers` leads every stacked paramete
     mlp        mlp.up.kernel ('embed','mlp'), mlp.up.bias ('mlp',), mlp.down.kernel ('mlp','embed')
     transform  head.transform.kernel ('embed','transform'), head.transform.bias ('transform',)
     norm       every LayerNorm scale and bias ('norm',)
+    classes    BertClassifier's classifier.kernel ('transform','classes') and bias ('classes',);
+               its pooler is laid out like head.transform
     layers     the stacked-layer axis of every parameter under `layers.`
     None       the row axis of the position and token-type tables
 
@@ -27,7 +29,8 @@ embedding lookup, whose `embed` axis is gathered whole first). Constraints apply
 them the model runs on one device with no context at all.
 """
 
+from model.classifier import BertClassifier
 from model.config import ModelConfig
 from model.encoder import BertMLM
 
-__all__ = ["BertMLM", "ModelConfig"]
+__all__ = ["BertClassifier", "BertMLM", "ModelConfig"]

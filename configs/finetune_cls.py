@@ -8,14 +8,15 @@ header) or .jsonl with fields `text` and `label` (set task.text_pair_field for p
 """
 
 import dataclasses
-import pathlib
 
 from train.config import Config, DataConfig, OptimConfig, TrainConfig, load_config
 from train.task_config import TaskConfig
 
 
 def get_config() -> Config:
-    pretrained = load_config(str(pathlib.Path(__file__).with_name("bert_tiny.py")))
+    # bert_tiny's model, read from its file next to this one, so the demo checkpoint always fits.
+    folder, _, _ = __file__.rpartition("finetune_cls.py")
+    pretrained = load_config(folder + "bert_tiny.py")
     return Config(
         name="finetune_cls",
         model=dataclasses.replace(pretrained.model, dropout=0.1, attention_dropout=0.1),

@@ -126,6 +126,8 @@ class PretrainedEncoder:
         if self.step is None:
             raise ConfigError(f"--init_from={path} has no checkpoints yet; pretrain first")
         self.meta = self.checkpoints.restore_meta(self.step)
+        if "labels" in self.meta:
+            raise ConfigError(f"--init_from={path} is a fine-tuned classifier; pass the workdir of a pretraining run")
         self.config = config_from_json(json.dumps(self.meta["config"]))
         diff = {f: (getattr(self.config.model, f), getattr(config.model, f)) for f in SHAPE_FIELDS
                 if getattr(self.config.model, f) != getattr(config.model, f)}

@@ -37,18 +37,25 @@ def param_group(params: Any) -> Any:
             for name, subtree in params.items()}
 
 
-def finetune_optimizer(cfg: OptimConfig, total_steps: int,
-                       body_ratio: float = 1.0) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """pretraining's AdamW; with body_ratio < 1 the encoder's rate is that fraction of the head's."""
+def finetune_optimizer(cfg: OptimConfig, total_steps: int, body_ratio: float = 1.0,
+                       params: Any = None) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """pretraining's AdamW; with body_ratio < 1 the encoder's rate is that fraction of the head's.
+
+    The groups are labelled from `params` (arrays or abstract shapes) rather than by a
+    function, because optax.tree_map_params (used for the state's shardings) calls the
+    transformation's init with a placeholder instead of parameters.
+    """
     if body_ratio == 1.0:
         return make_optimizer(cfg, total_steps)
+    if params is None:
+        raise ValueError("finetune_optimizer needs the parameters (or their shapes) to split head and body")
     schedule = learning_rate_schedule(cfg, total_steps)
 
     def adamw(rate: optax.Schedule) -> optax.GradientTransformation:
         return optax.adamw(rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=decay_mask)
 
     groups = optax.multi_transform(
-        {"head": adamw(schedule), "body": adamw(lambda step: schedule(step) * body_ratio)}, param_group)
+        {"head": adamw(schedule), "body": adamw(lambda step: schedule(step) * body_ratio)}, param_group(params))
     if cfg.clip_norm > 0:  # one clip over all parameters, as in pretraining
         return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), groups), schedule
     return groups, schedule

@@ -1,15 +1,11 @@
-"""Labelled tasks made from this Python install's docstrings, so tests and the README need no download.
+"""A labelled task made from this Python install: which standard-library package a docstring comes from.
 
-    python -m data.docstring_task --out=DIR [--kind=family|order] [--families=asyncio,email,logging]
+It needs no download, so tests and the README can fine-tune on it:
 
-writes DIR/train.csv and DIR/validation.csv (columns text,label), balanced across labels,
-with a stable hash deciding which documents are held out.
+    python -m data.docstring_task --out=DIR [--families=asyncio,email,logging] [--per_family=150]
 
-- family: which standard-library package a docstring comes from (one label per package).
-- order: whether a docstring's opening words are in their written order or shuffled. Both
-  labels have the same bag of words, so only a model that knows word order can tell them
-  apart: what masked-LM pretraining teaches and a classifier trained from scratch on a few
-  hundred examples hardly learns.
+writes DIR/train.csv and DIR/validation.csv (columns text,label), balanced across the
+families, with a stable hash deciding which documents are held out.
 """
 
 from __future__ import annotations
@@ -64,28 +60,6 @@ def write_task(out: str | os.PathLike, families: tuple[str, ...] = DEFAULT_FAMIL
     return _write_splits(out, splits)
 
 
-def write_order_task(out: str | os.PathLike, families: tuple[str, ...] = DEFAULT_FAMILIES, *,
-                     words: int = 16, validation_percent: int = 30, seed: int = 0) -> tuple[pathlib.Path, pathlib.Path]:
-    """Writes train.csv and validation.csv of `words`-word openings labelled 'original' or 'shuffled'."""
-    out = pathlib.Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(seed)
-    openings = sorted({" ".join(doc.split()[:words]) for family in families for doc in family_documents(family)
-                       if len(doc.split()) >= words and len(set(doc.split()[1:words - 1])) > 1})
-    rng.shuffle(openings)
-    splits: dict[str, list[tuple[str, str]]] = {"train": [], "validation": []}
-    for index, text in enumerate(openings):
-        label = ("original", "shuffled")[index % 2]
-        if label == "shuffled":  # the first and last words stay: no cue from capitals or a final period
-            tokens = text.split()
-            middle = tokens[1:-1]
-            while middle == tokens[1:-1]:
-                rng.shuffle(middle)
-            text = " ".join([tokens[0], *middle, tokens[-1]])
-        splits["validation" if is_held_out(openings[index], validation_percent) else "train"].append((text, label))
-    return _write_splits(out, splits)
-
-
 def _write_splits(out: pathlib.Path, splits: dict[str, list[tuple[str, str]]]) -> tuple[pathlib.Path, pathlib.Path]:
     """train.csv and validation.csv with a text,label header."""
     paths = []
@@ -102,15 +76,10 @@ def _write_splits(out: pathlib.Path, splits: dict[str, list[tuple[str, str]]]) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="Folder for train.csv and validation.csv.")
-    parser.add_argument("--kind", default="family", choices=("family", "order"), help="Which task to write.")
     parser.add_argument("--families", default=",".join(DEFAULT_FAMILIES), help="Standard-library packages, comma-separated.")
     parser.add_argument("--per_family", type=int, default=150, help="Documents per family (both splits together).")
     args = parser.parse_args()
-    families = tuple(args.families.split(","))
-    if args.kind == "order":
-        train, validation = write_order_task(args.out, families)
-    else:
-        train, validation = write_task(args.out, families, per_family=args.per_family)
+    train, validation = write_task(args.out, tuple(args.families.split(",")), per_family=args.per_family)
     print(f"wrote {train} and {validation}")
 
 

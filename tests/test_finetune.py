@@ -22,7 +22,7 @@ from train.finetune_steps import classifier_factory, finetune_optimizer
 from train.mesh import make_mesh
 from train.optimizer import make_optimizer
 from train.classify import predict
-from train.state import init_state, param_shardings, state_layout
+from train.state import init_state, state_layout
 from train.task_config import TaskConfig
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -129,7 +129,7 @@ def test_init_from_of_another_model_gets_one_line(tmp_path_factory, tmp_path):
 def test_body_learning_rate_ratio_scales_only_the_encoder_updates():
     params = {"embeddings": {"w": np.ones(3, np.float32)}, "pooler": {"kernel": np.ones(3, np.float32)}}
     cfg = OptimConfig(learning_rate=1e-2, warmup_steps=0, schedule="constant", weight_decay=0.0, clip_norm=0.0)
-    tx, _ = finetune_optimizer(cfg, 10, body_ratio=0.1, params=params)
+    tx, _ = finetune_optimizer(cfg, 10, body_ratio=0.1)
     grads = jax.tree.map(np.ones_like, params)
     updates, _ = tx.update(grads, tx.init(params), params)
     np.testing.assert_allclose(updates["pooler"]["kernel"], -1e-2, rtol=1e-4)
@@ -153,8 +153,7 @@ def test_finetune_learns_resumes_exactly_and_predicts(tmp_path_factory, tmp_path
     shutil.copytree(straight / "checkpoints" / "12", resumed / "checkpoints" / "12")
     finetune(_config(*files, epochs=4, body_learning_rate_ratio=0.5), resumed, str(pretrained))
     factory = classifier_factory(MODEL, 2, TaskConfig())
-    _, abstract_params, _ = param_shardings(MODEL, make_mesh((1, 1, 1)), factory)
-    tx, _ = finetune_optimizer(OptimConfig(), 1, 0.5, abstract_params)
+    tx, _ = finetune_optimizer(OptimConfig(), 1, 0.5)
     abstract = state_layout(MODEL, tx, make_mesh((1, 1, 1)), factory).abstract
     a, _ = Checkpoints(straight, use_async=False).restore(24, abstract)
     b, _ = Checkpoints(resumed, use_async=False).restore(24, abstract)

@@ -1,10 +1,13 @@
 """Shown, not claimed: fine-tuning from a pretrained MLM beats the same run from random weights.
 
 The task is made at test time from this Python install (data/docstring_task.py): which
-standard-library package (asyncio, email, logging) a docstring comes from, with few
-labelled examples and a large validation split. A tiny MLM is pretrained first on a
-prefix of the built-in corpus that contains those packages' docstrings (unlabelled), as
-pretraining on in-domain text is the point. Run with `-s` to see the two accuracies.
+standard-library package (asyncio, email, logging) a docstring comes from, with about 25
+labelled examples per package and about 175 per package held out. A tiny MLM is
+pretrained first (1000 steps) on a prefix of the built-in corpus that holds those
+packages' docstrings, unlabelled, as pretraining on in-domain text is the point. Both
+fine-tuning runs get the same short budget (4 epochs of 9 steps): from random weights
+the model is still near the majority class by then, the pretrained start is well above.
+Run with `-s` to see the two accuracies.
 """
 
 import dataclasses
@@ -18,9 +21,9 @@ from train.finetune_loop import finetune
 from train.loop import train
 from train.task_config import TaskConfig
 
-MODEL = ModelConfig(vocab_size=2000, max_len=64, hidden=64, num_layers=2, num_heads=4, mlp_dim=256,
+MODEL = ModelConfig(vocab_size=1000, max_len=64, hidden=64, num_layers=2, num_heads=4, mlp_dim=256,
                     dropout=0.0, attention_dropout=0.0, init_std=0.05)
-PRETRAIN_STEPS = 300
+PRETRAIN_STEPS = 1000
 CORPUS_BYTES = 1_500_000  # the stdlib's top-level modules, then asyncio ... logging in walk order
 MARGIN = 0.1
 
@@ -30,7 +33,7 @@ def _pretrain_config(tmp_path) -> Config:
         name="gap_pretrain", model=MODEL,
         data=DataConfig(seq_len=64, max_corpus_bytes=CORPUS_BYTES, cache_dir=str(tmp_path / "cache"),
                         tokenizer_type="bpe"),
-        optim=OptimConfig(learning_rate=3e-3, warmup_steps=30, b2=0.98),
+        optim=OptimConfig(learning_rate=5e-3, warmup_steps=30, b2=0.98),
         train=TrainConfig(steps=PRETRAIN_STEPS, batch_size=32, log_every=100, eval_every=0, eval_batches=2,
                           checkpoint_every=PRETRAIN_STEPS, progress_bar=False),
         mesh=MeshConfig(shape=(1, 1, 1)))
@@ -41,17 +44,16 @@ def _finetune_config(train_path, validation_path) -> Config:
     return Config(
         name="gap_finetune", model=dataclasses.replace(MODEL, dropout=0.1, attention_dropout=0.1),
         data=DataConfig(seq_len=64),
-        optim=OptimConfig(learning_rate=3e-3, warmup_steps=10),
+        optim=OptimConfig(learning_rate=2e-3, warmup_steps=10),
         train=TrainConfig(batch_size=8, log_every=100, checkpoint_every=1000, progress_bar=False),
         mesh=MeshConfig(shape=(1, 1, 1)),
-        task=TaskConfig(train_path=str(train_path), validation_path=str(validation_path), epochs=10,
+        task=TaskConfig(train_path=str(train_path), validation_path=str(validation_path), epochs=4,
                         pooling="mean"))
 
 
 @pytest.mark.slow
 def test_pretrained_start_beats_random_weights_on_validation_accuracy(tmp_path):
     train(_pretrain_config(tmp_path), tmp_path / "pretrained")
-    # About 24 labelled examples per package to learn from, about 176 per package to validate on.
     train_path, validation_path = write_task(tmp_path / "task", ("asyncio", "email", "logging"),
                                              per_family=200, validation_percent=88)
     config = _finetune_config(train_path, validation_path)

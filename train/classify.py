@@ -14,7 +14,7 @@ from train.config import ConfigError, config_from_json
 from train.finetune_data import LABELS_FILE
 from train.finetune_steps import INPUT_KEYS, classifier_factory, compile_predict, finetune_optimizer
 from train.mesh import make_mesh, to_global
-from train.state import param_shardings, state_layout
+from train.state import state_layout
 
 
 def predict(workdir: str | pathlib.Path, texts: list[str], text_pairs: list[str] | None = None,
@@ -37,8 +37,7 @@ def predict(workdir: str | pathlib.Path, texts: list[str], text_pairs: list[str]
     labels = LabelMap.load(workdir / LABELS_FILE).names
     mesh = make_mesh((1, 1, 1))
     factory = classifier_factory(config.model, len(labels), config.task)
-    _, abstract_params, _ = param_shardings(config.model, mesh, factory)
-    tx, _ = finetune_optimizer(config.optim, 1, config.task.body_learning_rate_ratio, abstract_params)
+    tx, _ = finetune_optimizer(config.optim, 1, config.task.body_learning_rate_ratio)
     layout = state_layout(config.model, tx, mesh, factory)
     state, _ = checkpoints.restore(step, layout.abstract)
     checkpoints.close()

@@ -26,7 +26,7 @@ from train.finetune_steps import classifier_factory, compile_steps, finetune_opt
 from train.mesh import check_divisibility, make_mesh, process_rows, to_global
 from train.metrics import MetricWriter
 from train.optimizer import make_optimizer
-from train.state import StateLayout, TrainState, init_state, param_shardings, state_layout
+from train.state import StateLayout, TrainState, init_state, state_layout
 
 # Model fields that decide parameter shapes and dtypes: the pretrained model must agree.
 SHAPE_FIELDS = ("vocab_size", "max_len", "hidden", "num_layers", "num_heads", "head_dim",
@@ -51,8 +51,7 @@ def finetune(config: Config, workdir: pathlib.Path, init_from: str | None) -> di
     log(f"task: {task.train.num_rows} train, {task.validation.num_rows} validation examples; "
         f"labels {list(task.label_map.names)}; {config.task.epochs} epochs of {per_epoch} steps")
     factory = classifier_factory(config.model, len(task.label_map.names), config.task)
-    _, abstract_params, _ = param_shardings(config.model, mesh, factory)
-    tx, schedule = finetune_optimizer(config.optim, total, config.task.body_learning_rate_ratio, abstract_params)
+    tx, schedule = finetune_optimizer(config.optim, total, config.task.body_learning_rate_ratio)
     layout = state_layout(config.model, tx, mesh, factory)
     log(f"model: {layout.param_count / 1e6:.2f}M parameters; mesh {dict(mesh.shape)} over {mesh.devices.size} devices")
 

@@ -15,7 +15,7 @@ from model.classifier import BertClassifier
 from model.config import ModelConfig
 from train.config import OptimConfig
 from train.mesh import batch_shardings, replicated, sharding_context
-from train.optimizer import decay_mask, learning_rate_schedule, make_optimizer
+from train.optimizer import make_optimizer
 from train.state import StateLayout, TrainState
 from train.task_config import TaskConfig
 
@@ -31,34 +31,28 @@ def classifier_factory(model_cfg: ModelConfig, num_labels: int, task: TaskConfig
                                        classifier_dropout=task.classifier_dropout, rngs=nnx.Rngs(seed))
 
 
-def param_group(params: Any) -> Any:
-    """'head' for the pooler and classifier, 'body' for the encoder, per parameter leaf."""
-    return {name: jax.tree.map(lambda _, g="head" if name in HEAD_PARAMS else "body": g, subtree)
-            for name, subtree in params.items()}
-
-
-def finetune_optimizer(cfg: OptimConfig, total_steps: int, body_ratio: float = 1.0,
-                       params: Any = None) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """pretraining's AdamW; with body_ratio < 1 the encoder's rate is that fraction of the head's.
-
-    The groups are labelled from `params` (arrays or abstract shapes) rather than by a
-    function, because optax.tree_map_params (used for the state's shardings) calls the
-    transformation's init with a placeholder instead of parameters.
-    """
+def finetune_optimizer(cfg: OptimConfig, total_steps: int,
+                       body_ratio: float = 1.0) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """pretraining's AdamW; with body_ratio < 1 the encoder's rate is that fraction of the head's."""
+    tx, schedule = make_optimizer(cfg, total_steps)
     if body_ratio == 1.0:
-        return make_optimizer(cfg, total_steps)
-    if params is None:
-        raise ValueError("finetune_optimizer needs the parameters (or their shapes) to split head and body")
-    schedule = learning_rate_schedule(cfg, total_steps)
+        return tx, schedule
+    return optax.chain(tx, scale_body_updates(body_ratio)), schedule
 
-    def adamw(rate: optax.Schedule) -> optax.GradientTransformation:
-        return optax.adamw(rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=decay_mask)
 
-    groups = optax.multi_transform(
-        {"head": adamw(schedule), "body": adamw(lambda step: schedule(step) * body_ratio)}, param_group(params))
-    if cfg.clip_norm > 0:  # one clip over all parameters, as in pretraining
-        return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), groups), schedule
-    return groups, schedule
+def scale_body_updates(ratio: float) -> optax.GradientTransformation:
+    """Multiplies the encoder's updates by `ratio`: AdamW's update is linear in its rate.
+
+    Stateless, so the optimizer state keeps pretraining's structure (optax.multi_transform
+    would put masked placeholders in it that the sharding code cannot map).
+    """
+
+    def update(updates: Any, state: optax.EmptyState, params: Any = None) -> tuple[Any, optax.EmptyState]:
+        del params
+        return {name: subtree if name in HEAD_PARAMS else jax.tree.map(lambda u: u * ratio, subtree)
+                for name, subtree in updates.items()}, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def _logits(graphdef: Any, params: Any, batch: Batch, dropout_key: jax.Array | None) -> jax.Array:

@@ -1,13 +1,16 @@
-"""Shown, not claimed: fine-tuning from a pretrained MLM beats the same run from random weights.
+"""Shown, not claimed: fine-tuning from a pretrained MLM against the same run from random weights.
 
 The task is made at test time from this Python install (data/docstring_task.py): which
 standard-library package (asyncio, email, logging) a docstring comes from, with about 25
 labelled examples per package and about 175 per package held out. A tiny MLM is
-pretrained first (1000 steps) on a prefix of the built-in corpus that holds those
-packages' docstrings, unlabelled, as pretraining on in-domain text is the point. Both
-fine-tuning runs get the same short budget (4 epochs of 9 steps): from random weights
-the model is still near the majority class by then, the pretrained start is well above.
-Run with `-s` to see the two accuracies.
+pretrained first (1000 steps, about 14% masked-token accuracy) on a prefix of the
+built-in corpus that holds those packages' docstrings, unlabelled. Both fine-tuning runs
+get the same short budget (4 epochs of 9 steps) and differ only in the encoder's start.
+
+What this tiny pretraining robustly gives is a lower validation loss after the short
+budget (about 0.81-0.83 against 1.01-1.05, over fine-tuning seeds 0 and 1); validation
+accuracy is printed too, but at this scale it is not robustly higher (0.60 vs 0.33 with
+seed 0, 0.67 vs 0.70 with seed 1), so it is not asserted. Run with `-s` to see the figures.
 """
 
 import dataclasses
@@ -25,7 +28,7 @@ MODEL = ModelConfig(vocab_size=1000, max_len=64, hidden=64, num_layers=2, num_he
                     dropout=0.0, attention_dropout=0.0, init_std=0.05)
 PRETRAIN_STEPS = 1000
 CORPUS_BYTES = 1_500_000  # the stdlib's top-level modules, then asyncio ... logging in walk order
-MARGIN = 0.1
+LOSS_MARGIN = 0.1
 
 
 def _pretrain_config(tmp_path) -> Config:
@@ -52,7 +55,7 @@ def _finetune_config(train_path, validation_path) -> Config:
 
 
 @pytest.mark.slow
-def test_pretrained_start_beats_random_weights_on_validation_accuracy(tmp_path):
+def test_pretrained_start_reaches_a_lower_validation_loss_on_a_short_budget(tmp_path):
     train(_pretrain_config(tmp_path), tmp_path / "pretrained")
     train_path, validation_path = write_task(tmp_path / "task", ("asyncio", "email", "logging"),
                                              per_family=200, validation_percent=88)
@@ -61,6 +64,7 @@ def test_pretrained_start_beats_random_weights_on_validation_accuracy(tmp_path):
     (tmp_path / "from_scratch").mkdir()
     shutil.copy(tmp_path / "pretrained" / "tokenizer.model", tmp_path / "from_scratch")
     scratch = finetune(config, tmp_path / "from_scratch", None)
-    print(f"\nvalidation accuracy: from the pretrained MLM {pretrained['accuracy']:.3f}, "
-          f"from random weights {scratch['accuracy']:.3f} (majority class {scratch['majority_accuracy']:.3f})")
-    assert pretrained["accuracy"] >= scratch["accuracy"] + MARGIN
+    print(f"\nvalidation after 4 epochs: from the pretrained MLM accuracy {pretrained['accuracy']:.3f} "
+          f"loss {pretrained['loss']:.3f}; from random weights accuracy {scratch['accuracy']:.3f} "
+          f"loss {scratch['loss']:.3f} (majority class {scratch['majority_accuracy']:.3f})")
+    assert pretrained["loss"] <= scratch["loss"] - LOSS_MARGIN

@@ -64,10 +64,10 @@ def _task_files(tmp_path, n=48):
     return tmp_path / "train.jsonl", tmp_path / "validation.jsonl"
 
 
-def _config(train_path, validation_path, epochs=2, **task) -> Config:
+def _config(train_path, validation_path, epochs=2, learning_rate=3e-3, **task) -> Config:
     return Config(
         name="ft", model=MODEL, data=DataConfig(seq_len=16),
-        optim=OptimConfig(learning_rate=3e-3, warmup_steps=2, weight_decay=0.0),
+        optim=OptimConfig(learning_rate=learning_rate, warmup_steps=2, weight_decay=0.0),
         train=TrainConfig(batch_size=8, log_every=2, checkpoint_every=100, progress_bar=False),
         mesh=MeshConfig(shape=(1, 1, 1)),
         task=TaskConfig(train_path=str(train_path), validation_path=str(validation_path), epochs=epochs, **task))
@@ -141,22 +141,25 @@ def test_finetune_learns_resumes_exactly_and_predicts(tmp_path_factory, tmp_path
     pretrained = _pretrained(tmp_path_factory)
     files = _task_files(tmp_path)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    final = finetune(_config(*files, epochs=4, body_learning_rate_ratio=0.5), straight, str(pretrained))
+    settings = dict(epochs=5, body_learning_rate_ratio=0.5, pooling="mean")
+    final = finetune(_config(*files, learning_rate=1e-2, **settings), straight, str(pretrained))
     assert final["accuracy"] >= 0.9 and 0 <= final["f1"] <= 1
     assert json.loads((straight / "labels.json").read_text()) == {"labels": ["neg", "pos"]}
     evals = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in evals if r["split"] == "eval"] == [1, 2, 3, 4]
-    # A run restarted from the epoch-2 checkpoint (as after a crash) ends equal to the straight run.
+    assert [r["epoch"] for r in evals if r["split"] == "eval"] == [1, 2, 3, 4, 5]
+    # A run restarted from the epoch-3 checkpoint (as after a crash) ends equal to the straight run.
     resumed.mkdir()
     for name in ("tokenizer.model", "labels.json"):
         shutil.copy(straight / name, resumed)
-    shutil.copytree(straight / "checkpoints" / "12", resumed / "checkpoints" / "12")
-    finetune(_config(*files, epochs=4, body_learning_rate_ratio=0.5), resumed, str(pretrained))
-    factory = classifier_factory(MODEL, 2, TaskConfig())
+    shutil.copytree(straight / "checkpoints" / "18", resumed / "checkpoints" / "18")
+    finetune(_config(*files, learning_rate=1e-2, **settings), resumed, str(pretrained))
+    records = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if r["split"] == "eval"] == [4, 5]  # it resumed, not restarted
+    factory = classifier_factory(MODEL, 2, TaskConfig(pooling="mean"))
     tx, _ = finetune_optimizer(OptimConfig(), 1, 0.5)
     abstract = state_layout(MODEL, tx, make_mesh((1, 1, 1)), factory).abstract
-    a, _ = Checkpoints(straight, use_async=False).restore(24, abstract)
-    b, _ = Checkpoints(resumed, use_async=False).restore(24, abstract)
+    a, _ = Checkpoints(straight, use_async=False).restore(30, abstract)
+    b, _ = Checkpoints(resumed, use_async=False).restore(30, abstract)
     for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
     labels, probs = predict(straight, ["great lovely nice film", "awful dull wrong film"])

@@ -21,6 +21,8 @@ Parameter names (path in `BertMLM`: names; `layers` leads every stacked paramete
     transform  head.transform.kernel ('embed','transform'), head.transform.bias ('transform',)
     mlp        (llama) mlp.{gate,up}.kernel ('embed','mlp'), mlp.down.kernel ('mlp','embed'); no biases
     norm       every LayerNorm scale and bias, every RMSNorm scale ('norm',)
+    classes    BertClassifier's classifier.kernel ('transform','classes') and bias ('classes',);
+               its pooler is laid out like head.transform
     layers     the stacked-layer axis of every parameter under `layers.`
     None       the row axis of the position and token-type tables
 
@@ -31,8 +33,9 @@ embedding lookup, whose `embed` axis is gathered whole first). Constraints apply
 them the model runs on one device with no context at all.
 """
 
+from model.classifier import BertClassifier
 from model.config import ModelConfig
 from model.decoder import LlamaLM
 from model.encoder import BertMLM
 
-__all__ = ["BertMLM", "LlamaLM", "ModelConfig"]
+__all__ = ["BertClassifier", "BertMLM", "LlamaLM", "ModelConfig"]

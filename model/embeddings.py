@@ -35,17 +35,24 @@ class BertEmbeddings(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.word = embedding_table(cfg.vocab_size, cfg, ("vocab", "embed"), rngs)
         self.position = embedding_table(cfg.max_len, cfg, (None, "embed"), rngs)
-        # Kept only so an export fills HF's token_type_embeddings; every token is type 0.
+        # Pretraining rows are all type 0; sentence-pair fine-tuning marks the second text 1.
         self.token_type = embedding_table(2, cfg, (None, "embed"), rngs)
         self.norm = LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps, dtype=jnp.dtype(cfg.dtype),
                               param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
         self.dropout_rate = cfg.dropout
 
     def __call__(self, tokens: jax.Array, positions: jax.Array, *,
-                 dropout_key: jax.Array | None = None) -> jax.Array:
-        """Sums the three embeddings in float32, normalizes, drops out; output in compute dtype."""
+                 dropout_key: jax.Array | None = None, token_types: jax.Array | None = None) -> jax.Array:
+        """Sums the three embeddings in float32, normalizes, drops out; output in compute dtype.
+
+        `token_types` [B, L] (0 or 1) defaults to type 0 everywhere.
+        """
+        if token_types is None:
+            types = self.token_type.embedding[0].astype(jnp.float32)
+        else:
+            types = lookup_rows(self.token_type, token_types, (None, None))
         x = (lookup_rows(self.word, tokens, ("act_vocab", None))
              + lookup_rows(self.position, positions, (None, None))
-             + self.token_type.embedding[0].astype(jnp.float32))
+             + types)
         x = dropout(self.norm(x), self.dropout_rate, dropout_key)
         return constrain(x, ("act_batch", "act_length", "act_embed"))

@@ -17,6 +17,7 @@ from typing import Any
 
 from data.sources import DataError, parse_source
 from model.config import ModelConfig
+from train.task_config import TaskConfig
 
 __all__ = [
     "Config", "ConfigError", "DataConfig", "MeshConfig", "ModelConfig", "OptimConfig",
@@ -98,6 +99,7 @@ class Config:
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    task: TaskConfig = dataclasses.field(default_factory=TaskConfig)  # fine-tuning only
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

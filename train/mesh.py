@@ -33,6 +33,7 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("transform", "tensor"),
     ("layers", None),
     ("norm", None),
+    ("classes", None),  # a classifier's label axis: a handful of entries
     # activations
     ("act_batch", BATCH_AXES),
     ("act_length", None),

@@ -42,10 +42,15 @@ class StateLayout:
         return sum(x.size for x in jax.tree.leaves(self.abstract["params"]))
 
 
-def param_shardings(model_cfg: ModelConfig, mesh: Mesh) -> tuple[Any, Any, Any]:
-    """(graphdef, abstract params, param shardings) from the model's logical axis names."""
+def param_shardings(model_cfg: ModelConfig, mesh: Mesh,
+                    factory: Callable[[int], nnx.Module] | None = None) -> tuple[Any, Any, Any]:
+    """(graphdef, abstract params, param shardings) from the model's logical axis names.
+
+    `factory` (a function of an init seed) builds another model than BertMLM, e.g. a classifier.
+    """
+    factory = factory or model_factory(model_cfg)
     with sharding_context(mesh):
-        abstract_model = nnx.eval_shape(lambda: model_factory(model_cfg)(0))
+        abstract_model = nnx.eval_shape(lambda: factory(0))
         graphdef, abstract_state = nnx.split(abstract_model)
         specs = nnx.to_pure_dict(nnx.get_partition_spec(abstract_state))
     params = nnx.to_pure_dict(abstract_state)
@@ -54,9 +59,10 @@ def param_shardings(model_cfg: ModelConfig, mesh: Mesh) -> tuple[Any, Any, Any]:
     return graphdef, params, shardings
 
 
-def state_layout(model_cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh) -> StateLayout:
+def state_layout(model_cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh,
+                 factory: Callable[[int], nnx.Module] | None = None) -> StateLayout:
     """Shapes and shardings of the whole train state, computed without allocating it."""
-    graphdef, abstract_params, p_shardings = param_shardings(model_cfg, mesh)
+    graphdef, abstract_params, p_shardings = param_shardings(model_cfg, mesh, factory)
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
     # Optimizer moments shard like their parameters; counts and scalars are replicated.
     opt_shardings = optax.tree_map_params(
@@ -71,11 +77,12 @@ def state_layout(model_cfg: ModelConfig, tx: optax.GradientTransformation, mesh:
 
 
 def init_state(model_cfg: ModelConfig, tx: optax.GradientTransformation, layout: StateLayout,
-               mesh: Mesh, seed: int) -> TrainState:
+               mesh: Mesh, seed: int, factory: Callable[[int], nnx.Module] | None = None) -> TrainState:
     """Creates parameters and optimizer state directly in their shards: no full host copy."""
+    factory = factory or model_factory(model_cfg)
 
     def init() -> TrainState:
-        params = nnx.to_pure_dict(nnx.state(model_factory(model_cfg)(seed)))
+        params = nnx.to_pure_dict(nnx.state(factory(seed)))
         return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
 
     with sharding_context(mesh):

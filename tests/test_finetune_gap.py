@@ -1,0 +1,70 @@
+"""Shown, not claimed: fine-tuning from a pretrained MLM against the same run from random weights.
+
+The task is made at test time from this Python install (data/docstring_task.py): which
+standard-library package (asyncio, email, logging) a docstring comes from, with about 25
+labelled examples per package and about 175 per package held out. A tiny MLM is
+pretrained first (1000 steps, about 14% masked-token accuracy) on a prefix of the
+built-in corpus that holds those packages' docstrings, unlabelled. Both fine-tuning runs
+get the same short budget (4 epochs of 9 steps) and differ only in the encoder's start.
+
+What this tiny pretraining robustly gives is a lower validation loss after the short
+budget (about 0.81-0.83 against 1.01-1.05, over fine-tuning seeds 0 and 1); validation
+accuracy is printed too, but at this scale it is not robustly higher (0.60 vs 0.33 with
+seed 0, 0.67 vs 0.70 with seed 1), so it is not asserted. Run with `-s` to see the figures.
+"""
+
+import dataclasses
+import shutil
+
+import pytest
+
+from data.docstring_task import write_task
+from train.config import Config, DataConfig, MeshConfig, ModelConfig, OptimConfig, TrainConfig
+from train.finetune_loop import finetune
+from train.loop import train
+from train.task_config import TaskConfig
+
+MODEL = ModelConfig(vocab_size=1000, max_len=64, hidden=64, num_layers=2, num_heads=4, mlp_dim=256,
+                    dropout=0.0, attention_dropout=0.0, init_std=0.05)
+PRETRAIN_STEPS = 1000
+CORPUS_BYTES = 1_500_000  # the stdlib's top-level modules, then asyncio ... logging in walk order
+LOSS_MARGIN = 0.1
+
+
+def _pretrain_config(tmp_path) -> Config:
+    return Config(
+        name="gap_pretrain", model=MODEL,
+        data=DataConfig(seq_len=64, max_corpus_bytes=CORPUS_BYTES, cache_dir=str(tmp_path / "cache"),
+                        tokenizer_type="bpe"),
+        optim=OptimConfig(learning_rate=5e-3, warmup_steps=30, b2=0.98),
+        train=TrainConfig(steps=PRETRAIN_STEPS, batch_size=32, log_every=100, eval_every=0, eval_batches=2,
+                          checkpoint_every=PRETRAIN_STEPS, progress_bar=False),
+        mesh=MeshConfig(shape=(1, 1, 1)))
+
+
+def _finetune_config(train_path, validation_path) -> Config:
+    """The same recipe for both starts: only the initial encoder weights differ."""
+    return Config(
+        name="gap_finetune", model=dataclasses.replace(MODEL, dropout=0.1, attention_dropout=0.1),
+        data=DataConfig(seq_len=64),
+        optim=OptimConfig(learning_rate=2e-3, warmup_steps=10),
+        train=TrainConfig(batch_size=8, log_every=100, checkpoint_every=1000, progress_bar=False),
+        mesh=MeshConfig(shape=(1, 1, 1)),
+        task=TaskConfig(train_path=str(train_path), validation_path=str(validation_path), epochs=4,
+                        pooling="mean"))
+
+
+@pytest.mark.slow
+def test_pretrained_start_reaches_a_lower_validation_loss_on_a_short_budget(tmp_path):
+    train(_pretrain_config(tmp_path), tmp_path / "pretrained")
+    train_path, validation_path = write_task(tmp_path / "task", ("asyncio", "email", "logging"),
+                                             per_family=200, validation_percent=88)
+    config = _finetune_config(train_path, validation_path)
+    pretrained = finetune(config, tmp_path / "from_pretrained", str(tmp_path / "pretrained"))
+    (tmp_path / "from_scratch").mkdir()
+    shutil.copy(tmp_path / "pretrained" / "tokenizer.model", tmp_path / "from_scratch")
+    scratch = finetune(config, tmp_path / "from_scratch", None)
+    print(f"\nvalidation after 4 epochs: from the pretrained MLM accuracy {pretrained['accuracy']:.3f} "
+          f"loss {pretrained['loss']:.3f}; from random weights accuracy {scratch['accuracy']:.3f} "
+          f"loss {scratch['loss']:.3f} (majority class {scratch['majority_accuracy']:.3f})")
+    assert pretrained["loss"] <= scratch["loss"] - LOSS_MARGIN

@@ -1,0 +1,53 @@
+"""Class probabilities from a fine-tuned workdir's checkpoint, for texts (or text pairs)."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+
+from data.tasks import Example, LabelMap, encode_examples
+from data.tokenizer import Tokenizer
+from train.checkpoint import Checkpoints
+from train.config import ConfigError, config_from_json
+from train.finetune_data import LABELS_FILE
+from train.finetune_steps import INPUT_KEYS, classifier_factory, compile_predict, finetune_optimizer
+from train.mesh import make_mesh, to_global
+from train.state import state_layout
+
+
+def predict(workdir: str | pathlib.Path, texts: list[str], text_pairs: list[str] | None = None,
+            step: int | None = None) -> tuple[list[str], np.ndarray]:
+    """(label names, probabilities [N, num_labels]) of a fine-tuned checkpoint for the texts."""
+    workdir = pathlib.Path(workdir)
+    if not (workdir / "checkpoints").is_dir():
+        raise ConfigError(f"--workdir={workdir} has no checkpoints/; pass the workdir of a train.finetune run")
+    checkpoints = Checkpoints(workdir, use_async=False)
+    steps = checkpoints.all_steps()
+    if not steps:
+        raise ConfigError(f"--workdir={workdir} has no checkpoints; pass the workdir of a train.finetune run")
+    step = max(steps) if step is None else step
+    if step not in steps:
+        raise ConfigError(f"--step={step} is not in {workdir}; saved steps: {sorted(steps)}")
+    meta = checkpoints.restore_meta(step)
+    if "labels" not in meta:
+        raise ConfigError(f"--workdir={workdir} is a pretraining run, not a fine-tuned classifier")
+    config = config_from_json(json.dumps(meta["config"]))
+    labels = LabelMap.load(workdir / LABELS_FILE).names
+    mesh = make_mesh((1, 1, 1))
+    factory = classifier_factory(config.model, len(labels), config.task)
+    tx, _ = finetune_optimizer(config.optim, 1, config.task.body_learning_rate_ratio)
+    layout = state_layout(config.model, tx, mesh, factory)
+    state, _ = checkpoints.restore(step, layout.abstract)
+    checkpoints.close()
+    pairs = text_pairs or [None] * len(texts)
+    if len(pairs) != len(texts):
+        raise ConfigError(f"got {len(texts)} --text but {len(pairs)} --text_pair; give one pair per text")
+    if bool(config.task.text_pair_field) != bool(text_pairs):
+        need = "needs --text_pair for each --text" if config.task.text_pair_field else "takes no --text_pair"
+        raise ConfigError(f"this classifier {need}")
+    examples = [Example(text=t, label=labels[0], text_pair=p) for t, p in zip(texts, pairs)]
+    arrays = encode_examples(examples, Tokenizer(workdir / "tokenizer.model"), config.data.seq_len)
+    probs = compile_predict(layout, mesh)(state["params"], to_global({k: arrays[k] for k in INPUT_KEYS}, mesh))
+    return list(labels), np.asarray(probs)

@@ -1,0 +1,35 @@
+"""Fine-tune a classifier from a pretrained MLM workdir (the loop is train/finetune_loop.py).
+
+    python -m train.finetune --config=configs/finetune_cls.py --init_from=PRETRAINED_WORKDIR \\
+        --workdir=OUT --config.task.train_path=train.csv --config.task.validation_path=dev.csv
+"""
+
+from __future__ import annotations
+
+from absl import flags
+
+from train import cli
+from train.config import ConfigError
+
+_CONFIG = flags.DEFINE_string("config", None, "Fine-tuning config file, e.g. configs/finetune_cls.py.")
+_INIT_FROM = flags.DEFINE_string("init_from", None, "Pretrained workdir whose latest checkpoint gives the encoder.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the fine-tuned checkpoints, label map and metrics.")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise ConfigError(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
+    if not _CONFIG.value:
+        raise ConfigError("--config is required, e.g. --config=configs/finetune_cls.py")
+    config = cli.config_from_flags(_CONFIG.value)
+    from train.finetune_data import check_task
+
+    check_task(config.task)
+    workdir = cli.writable_workdir(_WORKDIR.value)
+    from train.finetune_loop import finetune  # JAX starts here, after every check of the user's input
+
+    finetune(config, workdir, _INIT_FROM.value)
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -60,6 +60,7 @@ def test_config_and_path_mistakes_before_any_device_work(tmp_path, capsys, monke
          ["keep_best_metric", "eval_every"]),
         (("--config=configs/nope.py", f"--workdir={w}"), ["configs/nope.py", "not found"]),
         ((tiny,), ["--workdir is required"]),
+        ((tiny, "--workdir=gs://bucket/run"), ["gs://bucket/run", "mount"]),
     ]
     for args, words in cases:
         _one_line(*_cli(capsys, monkeypatch, *args), *words)

@@ -49,6 +49,9 @@ def writable_workdir(path: str) -> pathlib.Path:
     """Creates the workdir if needed and proves it is writable, before any device work."""
     if not path:
         raise ConfigError("--workdir is required: a directory for checkpoints, metrics and the tokenizer")
+    if "://" in path:
+        raise ConfigError(f"--workdir={path}: URLs are not supported; mount the bucket (e.g. gcsfuse at "
+                          "/gcs/BUCKET on every host) and pass the mounted path")
     workdir = pathlib.Path(path)
     try:
         workdir.mkdir(parents=True, exist_ok=True)

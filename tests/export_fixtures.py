@@ -70,3 +70,16 @@ def fixed_batch(vocab_size: int, pad_id: int, rows: int = 3, length: int = 12, s
         tokens[row, n:] = pad_id
     positions = np.broadcast_to(np.arange(length, dtype=np.int32), tokens.shape).copy()
     return tokens, segment_ids, positions
+
+
+def hf_logits(model_class, folder, tokens, segment_ids, positions):
+    """Logits of a Transformers model loaded from `folder` (which must load with no missing keys)."""
+    import torch
+
+    model, info = model_class.from_pretrained(folder, attn_implementation="eager", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    with torch.no_grad():
+        out = model.eval()(input_ids=torch.tensor(tokens, dtype=torch.long),
+                           attention_mask=torch.tensor(segment_ids > 0, dtype=torch.long),
+                           position_ids=torch.tensor(positions, dtype=torch.long))
+    return out.logits.float().numpy(), model

@@ -4,7 +4,6 @@ The CLI runs in-process (`cli.run(train_main.main)` with sys.argv set), so each 
 only its own checks; nothing the user had is written over.
 """
 
-import dataclasses
 import os
 import pathlib
 import subprocess

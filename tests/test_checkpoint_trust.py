@@ -2,8 +2,6 @@
 
 import dataclasses
 import json
-import os
-import shutil
 
 import jax
 import jax.numpy as jnp

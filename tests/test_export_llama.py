@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 import transformers
 from safetensors import safe_open
 
@@ -15,7 +14,8 @@ from train.import_hf import import_hf
 from train.param_reader import CheckpointParams
 
 from tests.data_fixtures import small_tokenizer
-from tests.export_fixtures import fixed_batch, jax_logits, random_params, tiny_export_config, write_checkpoint
+from tests.export_fixtures import (fixed_batch, hf_logits, jax_logits, random_params, tiny_export_config,
+                                    write_checkpoint)
 
 # Both with 2 kv heads for 4 query heads (GQA). The untied one also has a head dim that is not
 # hidden / heads (4 x 16 != 32), another RoPE base and eps, and is saved on another mesh.
@@ -43,14 +43,7 @@ def decoder(request, tmp_path_factory):
 
 
 def _hf_logits(folder, tokens, segment_ids, positions):
-    model, info = transformers.LlamaForCausalLM.from_pretrained(
-        folder, attn_implementation="eager", output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"], info
-    with torch.no_grad():
-        out = model.eval()(input_ids=torch.tensor(tokens, dtype=torch.long),
-                           attention_mask=torch.tensor(segment_ids > 0, dtype=torch.long),
-                           position_ids=torch.tensor(positions, dtype=torch.long))
-    return out.logits.float().numpy(), model
+    return hf_logits(transformers.LlamaForCausalLM, folder, tokens, segment_ids, positions)
 
 
 def test_llama_export_loads_in_transformers_with_equal_logits(decoder, tmp_path):

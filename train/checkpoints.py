@@ -12,7 +12,6 @@ import datetime
 import json
 import pathlib
 
-from absl import flags
 
 from train import cli
 from train.checkpoint import COMMIT_FILE, DAMAGED_DIR, commit_problem
@@ -122,13 +121,11 @@ def _human(num_bytes: int) -> str:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise ConfigError(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
-    workdir = flags.FLAGS.workdir
+    workdir = cli.WORKDIR.value
     if not workdir:
         raise ConfigError("--workdir is required: the workdir of a training run")
     print(format_listing(workdir))
 
 
 if __name__ == "__main__":
-    # Defined only when run, so tests can import the listing next to train.main's --workdir.
-    flags.DEFINE_string("workdir", None, "The workdir of a training run.")
     cli.run(main)

@@ -15,6 +15,12 @@ from train.config import Config, ConfigError, load_config
 
 _OVERRIDE_PREFIX = "--config."
 
+# Flags every entry point shares, defined once so that several entry points can be
+# imported into one process (tests) without absl's duplicate-flag error.
+WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory: tokenizer, data, checkpoints and metrics.")
+CONFIG = flags.DEFINE_string("config", None, "Config file with get_config(); override fields as --config.a.b=value.")
+STEP = flags.DEFINE_integer("step", None, "Checkpoint step to read; the latest by default.")
+
 
 def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     """Separates `--config.a.b=value` overrides from the flags absl parses."""

@@ -19,8 +19,8 @@ from absl import flags
 
 from train import cli
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir (a decoder: model.arch=llama).")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step; the latest by default.")
+_WORKDIR = cli.WORKDIR
+_STEP = cli.STEP
 _PROMPT = flags.DEFINE_multi_string("prompt", [], "A prompt; repeat the flag for a batch.")
 _PROMPTS_FILE = flags.DEFINE_string("prompts_file", None, "A text file with one prompt per line.")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "Tokens to generate per prompt at most.")

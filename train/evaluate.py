@@ -22,8 +22,8 @@ from absl import flags
 
 from train import cli
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir.")
-_STEP = flags.DEFINE_integer("step", None, "Evaluate this checkpoint step (default: the latest).")
+_WORKDIR = cli.WORKDIR
+_STEP = cli.STEP
 _ALL = flags.DEFINE_bool("all", False, "Evaluate every saved checkpoint.")
 _WATCH = flags.DEFINE_bool("watch", False, "Evaluate each new checkpoint once, until the final step.")
 _SPLIT = flags.DEFINE_enum("split", "validation", ["validation", "train"], "Packed rows to evaluate on.")

@@ -16,8 +16,8 @@ from absl import flags
 
 from train import cli
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir (or one made by train.import_hf).")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step; the latest by default.")
+_WORKDIR = cli.WORKDIR
+_STEP = cli.STEP
 _FORMAT = flags.DEFINE_enum("format", "hf", ["hf", "jax"], "hf: Transformers folder; jax: jax.export artifact.")
 _OUT = flags.DEFINE_string("out", None, "Output folder (created; files in it are overwritten).")
 _DTYPE = flags.DEFINE_string("dtype", "float32", "Tensor dtype of the export: float32 | bfloat16.")

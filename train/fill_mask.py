@@ -12,8 +12,8 @@ from absl import flags
 
 from train import cli
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step; the latest by default.")
+_WORKDIR = cli.WORKDIR
+_STEP = cli.STEP
 _TEXT = flags.DEFINE_multi_string("text", [], "Text with one or more [MASK]; repeat the flag for more.")
 _EXAMPLES = flags.DEFINE_integer("examples", 5, "Held-out sentences to mask when no --text is given.")
 _TOP_K = flags.DEFINE_integer("top_k", 5, "Fillers to print per mask.")

@@ -11,9 +11,9 @@ from absl import flags
 from train import cli
 from train.config import ConfigError
 
-_CONFIG = flags.DEFINE_string("config", None, "Fine-tuning config file, e.g. configs/finetune_cls.py.")
+_CONFIG = cli.CONFIG
 _INIT_FROM = flags.DEFINE_string("init_from", None, "Pretrained workdir whose latest checkpoint gives the encoder.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the fine-tuned checkpoints, label map and metrics.")
+_WORKDIR = cli.WORKDIR
 
 
 def main(argv: list[str]) -> None:

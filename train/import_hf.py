@@ -121,7 +121,7 @@ def import_hf(hf_dir: str | pathlib.Path, workdir: str | pathlib.Path) -> Config
 
 def main(argv: list[str]) -> None:
     del argv
-    hf_dir, workdir = flags.FLAGS.hf_dir, flags.FLAGS.workdir
+    hf_dir, workdir = flags.FLAGS.hf_dir, cli.WORKDIR.value
     if not hf_dir:
         raise ConfigError("--hf_dir is required: a Transformers model folder")
     if not workdir:
@@ -132,7 +132,6 @@ def main(argv: list[str]) -> None:
           f"hidden {m.hidden}, vocab {m.vocab_size}")
 
 
-if __name__ == "__main__":  # flags only here: tests import import_hf() beside other CLIs
+if __name__ == "__main__":  # --hf_dir only here; --workdir (the workdir to create) is cli's
     flags.DEFINE_string("hf_dir", None, "A Transformers model folder: config.json and model.safetensors.")
-    flags.DEFINE_string("workdir", None, "The meshlm workdir to create (must not hold checkpoints).")
     cli.run(main)

@@ -6,8 +6,8 @@ from absl import flags
 
 from train import cli
 
-_CONFIG = flags.DEFINE_string("config", None, "Config file with get_config(); override fields as --config.a.b=value.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the tokenizer, data cache, checkpoints and metrics.")
+_CONFIG = cli.CONFIG
+_WORKDIR = cli.WORKDIR
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Compile the train step for the config's mesh on simulated CPU "
                              "devices and print its per-device memory; no data, no training.")
 

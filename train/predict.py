@@ -11,8 +11,8 @@ from absl import flags
 from train import cli
 from train.config import ConfigError
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A fine-tuning run's workdir.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step; the latest by default.")
+_WORKDIR = cli.WORKDIR
+_STEP = cli.STEP
 _TEXT = flags.DEFINE_multi_string("text", [], "A text to classify; repeat the flag for more.")
 _TEXT_PAIR = flags.DEFINE_multi_string("text_pair", [], "Second texts for a sentence-pair task, one per --text.")
 

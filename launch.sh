@@ -77,7 +77,7 @@ case "$cmd" in
     ensure_venv ""
     workdir="${WORKDIR:-$ROOT/workdirs/demo}"
     "$PY" -m train.main --config=configs/bert_tiny.py --workdir="$workdir" "$@"
-    "$PY" -m train.fill_mask --workdir="$workdir" --examples=5 --top_k=5
+    "$PY" -m train.fill_mask --workdir="$workdir" --examples=5 --candidates=5
     ;;
   test)
     ensure_venv "test,hf"

@@ -37,3 +37,13 @@ def test_no_jit_in_model():
 def test_configs_import_only_the_schema():
     for path in sorted((ROOT / "configs").glob("*.py")):
         assert _imports(path) <= {"train", "__future__", "dataclasses"}, path.name
+
+
+def test_every_entry_point_imports_into_one_process():
+    """Tests (and tools) import several CLIs together: absl flags must not be defined twice."""
+    import importlib
+
+    for name in ("main", "evaluate", "export", "import_hf", "decode", "fill_mask", "finetune", "predict",
+                 "checkpoints"):
+        importlib.import_module(f"train.{name}")
+    importlib.import_module("data.prepare")

@@ -1,6 +1,6 @@
 """Fill-mask from a trained MLM workdir: top-k fillers for each [MASK] in held-out or given text.
 
-    python -m train.fill_mask --workdir=DIR [--text="The [MASK] is ..."] [--examples=5] [--top_k=5]
+    python -m train.fill_mask --workdir=DIR [--text="The [MASK] is ..."] [--examples=5] [--candidates=5]
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from train import cli
 
 _WORKDIR = cli.WORKDIR
 _STEP = cli.STEP
-_TEXT = flags.DEFINE_multi_string("text", [], "Text with one or more [MASK]; repeat the flag for more.")
+_TEXT = cli.TEXT
 _EXAMPLES = flags.DEFINE_integer("examples", 5, "Held-out sentences to mask when no --text is given.")
-_TOP_K = flags.DEFINE_integer("top_k", 5, "Fillers to print per mask.")
+_CANDIDATES = flags.DEFINE_integer("candidates", 5, "Fillers to print per mask (the top k).")
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _WORD = re.compile(r"^[A-Za-z]{3,}$")
@@ -83,7 +83,7 @@ def main(argv: list[str]) -> None:
         docs = trained.data.validation_documents()
         examples = held_out_examples(docs, trained.data.tokenizer, _EXAMPLES.value)
     print(f"fill-mask with checkpoint step {trained.step} of {_WORKDIR.value}:")
-    for (text, answer), masks in zip(examples, fill(trained, [t for t, _ in examples], _TOP_K.value)):
+    for (text, answer), masks in zip(examples, fill(trained, [t for t, _ in examples], _CANDIDATES.value)):
         print(f"\n  {text}" + (f"\n  (hidden word: {answer})" if answer else ""))
         for fillers in masks:
             print("    " + "  ".join(f"{piece!r} {p:.3f}" for piece, p in fillers))

@@ -13,7 +13,7 @@ from train.config import ConfigError
 
 _WORKDIR = cli.WORKDIR
 _STEP = cli.STEP
-_TEXT = flags.DEFINE_multi_string("text", [], "A text to classify; repeat the flag for more.")
+_TEXT = cli.TEXT
 _TEXT_PAIR = flags.DEFINE_multi_string("text_pair", [], "Second texts for a sentence-pair task, one per --text.")
 
 

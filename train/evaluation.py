@@ -15,9 +15,15 @@ from train.mesh import process_rows, to_global
 _SUM_KEYS = ("loss_sum", "correct", "count", "tokens", "baseline_correct")
 
 
+# Rows read for the baseline token: all of a small corpus, an even sample of a large store.
+_BASELINE_SAMPLE_TOKENS = 1 << 22
+
+
 def most_frequent_token(rows: PackedRows, special_ids: np.ndarray) -> int:
     """The most frequent ordinary token of the training rows: the baseline's constant guess."""
-    counts = np.bincount(rows.tokens.ravel())
+    num_rows, length = rows.tokens.shape
+    stride = max(1, num_rows * length // _BASELINE_SAMPLE_TOKENS)
+    counts = np.bincount(np.asarray(rows.tokens[::stride]).ravel())
     counts[special_ids[special_ids < counts.size]] = 0
     return int(np.argmax(counts))
 

@@ -71,13 +71,15 @@ class DecoderBlock(nnx.Module):
         x = _add(x, dropout(h, self.dropout_rate, site_key(dropout_key, 1)))
         return self._mlp_residual(x, site_key(dropout_key, 2)), k, v
 
-    def decode(self, x: jax.Array, positions: jax.Array, cache_k: jax.Array, cache_v: jax.Array,
+    def decode(self, x: jax.Array, positions: jax.Array, cache_k: jax.Array, cache_v: jax.Array, layer: int,
                index: jax.Array, key_mask: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """New tokens x [B, T, hidden] written into the cache at `index`, attending to `key_mask` [B, T, S]."""
+        """New tokens x [B, T, hidden] written at slot `index` of row `layer` of the stacked cache
+        [layers, B, S, K, D] (in place), attending to that row's slots under `key_mask` [B, T, S]."""
         q, k, v = self.attention.project(self.attention_norm(x), positions)
-        cache_k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), index, axis=1)
-        cache_v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), index, axis=1)
-        x = _add(x, self.attention.combine(q, cache_k, cache_v, key_mask[:, None]))
+        start = (layer, 0, index, 0, 0)
+        cache_k = jax.lax.dynamic_update_slice(cache_k, k[None].astype(cache_k.dtype), start)
+        cache_v = jax.lax.dynamic_update_slice(cache_v, v[None].astype(cache_v.dtype), start)
+        x = _add(x, self.attention.combine(q, cache_k[layer], cache_v[layer], key_mask[:, None]))
         return self._mlp_residual(x, None), cache_k, cache_v
 
     def _mlp_residual(self, x: jax.Array, key: jax.Array | None) -> jax.Array:

@@ -18,6 +18,8 @@ q/k/v kernels [hidden, H, D] become HF's [H*D, hidden] by reshape and transpose,
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -83,22 +85,26 @@ class LlamaLM(nnx.Module):
         return hidden, cache
 
     def decode(self, tokens: jax.Array, positions: jax.Array, cache: KVCache, index: jax.Array,
-               key_mask: jax.Array) -> tuple[jax.Array, KVCache]:
+               key_mask: jax.Array, layers: Sequence[DecoderBlock] | None = None) -> tuple[jax.Array, KVCache]:
         """Hidden states [B, T, hidden] of new tokens [B, T] stored at cache slot `index`.
 
         `key_mask` bool [B, T, S] says which cache slots (after the write) each new token sees.
+        The layers run unrolled, each writing its key and value into the stacked cache in
+        place; a scan would instead copy every layer's weights and cache out of the stacked
+        arrays at each step. A decoding loop passes `layers` from `unstack_layers`, sliced
+        once outside the loop; without them the layers are sliced here.
         """
         x = constrain(lookup_rows(self.embed, tokens, ("act_vocab", None)),
                       ("act_batch", "act_length", "act_embed"))
+        cache_k, cache_v = cache["k"], cache["v"]
+        for i, layer in enumerate(self.unstack_layers() if layers is None else layers):
+            x, cache_k, cache_v = layer.decode(x, positions, cache_k, cache_v, i, index, key_mask)
+        return self.final_norm(x), {"k": cache_k, "v": cache_v}
 
-        def step(x, layer: DecoderBlock, cache_k, cache_v):
-            x, cache_k, cache_v = layer.decode(x, positions, cache_k, cache_v, index, key_mask)
-            return x, cache_k, cache_v
-
-        scan = nnx.scan(step, in_axes=(nnx.Carry, 0, 0, 0), out_axes=(nnx.Carry, 0, 0),
-                        transform_metadata=LAYERS_AXIS)
-        x, k, v = scan(x, self.layers, cache["k"], cache["v"])
-        return self.final_norm(x), {"k": k, "v": v}
+    def unstack_layers(self) -> list[DecoderBlock]:
+        """The stacked layers as separate blocks (static slices: one copy of their weights)."""
+        graphdef, stacked = nnx.split(self.layers)
+        return [nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], stacked)) for i in range(self.num_layers)]
 
     def _forward(self, tokens, segment_ids, positions, dropout_key, *, with_kv: bool):
         """Embeds, runs the stacked blocks (one scan, or unrolled) and applies the final norm.

@@ -68,12 +68,15 @@ def prefill(model: nnx.Module, cfg: ModelConfig, tokens: jax.Array, lengths: jax
 
 
 def decode_one(model: nnx.Module, cfg: ModelConfig, token_B: jax.Array, cache: KVCache, slot: jax.Array,
-               start_B: jax.Array) -> tuple[jax.Array, KVCache]:
-    """Feeds one token per row, stored at cache `slot`: (logits [B, V], cache)."""
+               start_B: jax.Array, layers: Any = None) -> tuple[jax.Array, KVCache]:
+    """Feeds one token per row, stored at cache `slot`: (logits [B, V], cache).
+
+    `layers`: the model's blocks from `unstack_layers`, sliced once outside a decoding loop.
+    """
     slots = jnp.arange(cache["k"].shape[2])
     key_mask = ((slots[None, :] >= start_B[:, None]) & (slots[None, :] <= slot))[:, None, :]
     positions = (slot - start_B)[:, None]
-    hidden, cache = model.decode(token_B[:, None], positions, cache, slot, key_mask)
+    hidden, cache = model.decode(token_B[:, None], positions, cache, slot, key_mask, layers)
     return model.logits(hidden[:, 0]), constrain_cache(cache, cfg)
 
 
@@ -129,10 +132,14 @@ def generate(params: Params, tokens: jax.Array, lengths: jax.Array, seed: jax.Ar
         t, _, _, done, _, _ = carry
         return (t < max_new_tokens) & ~jnp.all(done)
 
+    # The layers' weights are sliced out of the stacked arrays once, here, not at every step.
+    layers_graphdef, layers_state = nnx.split(model.unstack_layers())
+
     def body(carry):
         t, last, out, done, count, cache = carry
         # Merged inside the loop: NNX modules may not cross into another trace level.
-        logits, cache = decode_one(nnx.merge(graphdef, params), cfg, last, cache, prompt_len + t - 1, start_B)
+        logits, cache = decode_one(nnx.merge(graphdef, params), cfg, last, cache, prompt_len + t - 1, start_B,
+                                   nnx.merge(layers_graphdef, layers_state))
         token = sample(logits, jax.random.fold_in(key, t), temperature, top_k, top_p)
         token = jnp.where(done, pad_id, token)
         out = jax.lax.dynamic_update_slice_in_dim(out, token[:, None], t, axis=1)

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from model.block import DecoderBlock
+from model.block import DecoderBlock, write_cache
 from model.config import ModelConfig
 from model.dropout import layer_keys, site_key
 from model.embeddings import embedding_table, lookup_rows
@@ -92,8 +92,7 @@ class LlamaLM(nnx.Module):
         cache_k, cache_v = cache["k"], cache["v"]
         for i, layer in enumerate(self.blocks()):
             x, k, v = layer(x, segment_ids, positions)
-            cache_k = jax.lax.dynamic_update_slice(cache_k, k[None].astype(cache_k.dtype), (i, 0, 0, 0, 0))
-            cache_v = jax.lax.dynamic_update_slice(cache_v, v[None].astype(cache_v.dtype), (i, 0, 0, 0, 0))
+            cache_k, cache_v = write_cache(cache_k, k, i, 0), write_cache(cache_v, v, i, 0)
         return self.final_norm(x), {"k": cache_k, "v": cache_v}
 
     def decode(self, tokens: jax.Array, positions: jax.Array, cache: KVCache, index: jax.Array,

@@ -71,7 +71,7 @@ def prefill(model: nnx.Module, cfg: ModelConfig, tokens: jax.Array, lengths: jax
 def decode_one(model: nnx.Module, cfg: ModelConfig, token_B: jax.Array, cache: KVCache, slot: jax.Array,
                start_B: jax.Array) -> tuple[jax.Array, KVCache]:
     """Feeds one token per row, stored at cache `slot`: (logits [B, V], cache)."""
-    slots = jnp.arange(cache["k"].shape[2])
+    slots = jnp.arange(cache["k"].shape[3])
     key_mask = ((slots[None, :] >= start_B[:, None]) & (slots[None, :] <= slot))[:, None, :]
     positions = (slot - start_B)[:, None]
     hidden, cache = model.decode(token_B[:, None], positions, cache, slot, key_mask)

@@ -14,6 +14,12 @@ from model.norm import LayerNorm, RMSNorm
 from model.sharding import constrain
 
 
+def write_cache(cache: jax.Array, new: jax.Array, layer: int, index: jax.Array | int) -> jax.Array:
+    """Writes keys or values [B, T, K, D] into row `layer`, slots index.. of a [layers, B, K, S, D] cache."""
+    new = jnp.swapaxes(new, 1, 2)[None].astype(cache.dtype)
+    return jax.lax.dynamic_update_slice(cache, new, (layer, 0, 0, index, 0))
+
+
 def _add(x: jax.Array, h: jax.Array) -> jax.Array:
     """Residual sum in float32; the LayerNorm that follows brings it back to compute dtype."""
     return x.astype(jnp.float32) + h.astype(jnp.float32)
@@ -71,13 +77,14 @@ class DecoderBlock(nnx.Module):
         x = _add(x, dropout(h, self.dropout_rate, site_key(dropout_key, 1)))
         return self._mlp_residual(x, site_key(dropout_key, 2)), k, v
 
-    def decode(self, x: jax.Array, positions: jax.Array, cache_k: jax.Array, cache_v: jax.Array,
+    def decode(self, x: jax.Array, positions: jax.Array, cache_k: jax.Array, cache_v: jax.Array, layer: int,
                index: jax.Array, key_mask: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """New tokens x [B, T, hidden] written into the cache at `index`, attending to `key_mask` [B, T, S]."""
+        """New tokens x [B, T, hidden] written at slot `index` of row `layer` of the stacked cache
+        [layers, B, K, S, D] (in place), attending to that row's slots under `key_mask` [B, T, S]."""
         q, k, v = self.attention.project(self.attention_norm(x), positions)
-        cache_k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), index, axis=1)
-        cache_v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), index, axis=1)
-        x = _add(x, self.attention.combine(q, cache_k, cache_v, key_mask[:, None]))
+        cache_k = write_cache(cache_k, k, layer, index)
+        cache_v = write_cache(cache_v, v, layer, index)
+        x = _add(x, self.attention.combine(q, cache_k[layer], cache_v[layer], key_mask[:, None], heads_first=True))
         return self._mlp_residual(x, None), cache_k, cache_v
 
     def _mlp_residual(self, x: jax.Array, key: jax.Array | None) -> jax.Array:

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from model.block import DecoderBlock
+from model.block import DecoderBlock, write_cache
 from model.config import ModelConfig
 from model.dropout import layer_keys, site_key
 from model.embeddings import embedding_table, lookup_rows
@@ -61,7 +61,18 @@ class LlamaLM(nnx.Module):
     def encode(self, tokens: jax.Array, segment_ids: jax.Array, positions: jax.Array, *,
                dropout_key: jax.Array | None = None) -> jax.Array:
         """Final (normed) hidden states [B, L, hidden]; int32 inputs as in BertMLM.encode."""
-        return self._forward(tokens, segment_ids, positions, dropout_key, with_kv=False)
+        x = self._embed(tokens)
+        keys = layer_keys(site_key(dropout_key, 1), self.num_layers)
+        if self.decode_layout:
+            for i, layer in enumerate(self.layers):
+                x = layer(x, segment_ids, positions, dropout_key=None if keys is None else keys[i])[0]
+            return self.final_norm(x)
+
+        def apply_block(layer: DecoderBlock, x: jax.Array, key: jax.Array | None) -> jax.Array:
+            return layer(x, segment_ids, positions, dropout_key=key)[0]
+
+        x = scan_stack(self.layers, x, keys, apply_block, remat=self.remat, scan=self.scan_layers)
+        return self.final_norm(x)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Float32 logits [..., vocab] for final hidden states [..., hidden]."""
@@ -77,49 +88,50 @@ class LlamaLM(nnx.Module):
     def prefill(self, tokens: jax.Array, segment_ids: jax.Array, positions: jax.Array,
                 cache: KVCache) -> tuple[jax.Array, KVCache]:
         """Runs a prompt batch [B, L] and writes its keys/values into cache slots 0..L-1."""
-        hidden, (k, v) = self._forward(tokens, segment_ids, positions, None, with_kv=True)
-        cache = {name: jax.lax.dynamic_update_slice_in_dim(cache[name], new.astype(cache[name].dtype), 0, axis=2)
-                 for name, new in (("k", k), ("v", v))}
-        return hidden, cache
+        x = self._embed(tokens)
+        cache_k, cache_v = cache["k"], cache["v"]
+        for i, layer in enumerate(self.blocks()):
+            x, k, v = layer(x, segment_ids, positions)
+            cache_k, cache_v = write_cache(cache_k, k, i, 0), write_cache(cache_v, v, i, 0)
+        return self.final_norm(x), {"k": cache_k, "v": cache_v}
 
     def decode(self, tokens: jax.Array, positions: jax.Array, cache: KVCache, index: jax.Array,
                key_mask: jax.Array) -> tuple[jax.Array, KVCache]:
         """Hidden states [B, T, hidden] of new tokens [B, T] stored at cache slot `index`.
 
         `key_mask` bool [B, T, S] says which cache slots (after the write) each new token sees.
+        The layers run unrolled, each writing its key and value into the stacked cache in
+        place (a scan would copy every layer's cache and weights out of the stacked arrays).
         """
-        x = constrain(lookup_rows(self.embed, tokens, ("act_vocab", None)),
-                      ("act_batch", "act_length", "act_embed"))
+        x = self._embed(tokens)
+        cache_k, cache_v = cache["k"], cache["v"]
+        for i, layer in enumerate(self.blocks()):
+            x, cache_k, cache_v = layer.decode(x, positions, cache_k, cache_v, i, index, key_mask)
+        return self.final_norm(x), {"k": cache_k, "v": cache_v}
 
-        def step(x, layer: DecoderBlock, cache_k, cache_v):
-            x, cache_k, cache_v = layer.decode(x, positions, cache_k, cache_v, index, key_mask)
-            return x, cache_k, cache_v
+    @property
+    def decode_layout(self) -> bool:
+        """Whether the layers are held as a list of blocks (see `to_decode_layout`)."""
+        return isinstance(self.layers, nnx.List)
 
-        scan = nnx.scan(step, in_axes=(nnx.Carry, 0, 0, 0), out_axes=(nnx.Carry, 0, 0),
-                        transform_metadata=LAYERS_AXIS)
-        x, k, v = scan(x, self.layers, cache["k"], cache["v"])
-        return self.final_norm(x), {"k": k, "v": v}
+    def to_decode_layout(self) -> None:
+        """Holds the layers as a list of blocks instead of stacked arrays (one copy of their weights).
 
-    def _forward(self, tokens, segment_ids, positions, dropout_key, *, with_kv: bool):
-        """Embeds, runs the stacked blocks (one scan, or unrolled) and applies the final norm.
-
-        With `with_kv` (prefill) the scan also returns every layer's keys and values.
+        A decoding loop reads every layer's weights at every step. Sliced out of stacked
+        arrays inside the loop they are copied per step (or, hoisted, per call: a fresh copy
+        of all the weights); in this layout each matmul reads them where they lie. Training
+        keeps the stacked layout (its scan compiles once for all layers).
         """
+        self.layers = nnx.List(self.blocks())
+
+    def blocks(self) -> list[DecoderBlock]:
+        """The layers as separate blocks: as held, or static slices of the stacked arrays."""
+        if self.decode_layout:
+            return list(self.layers)
+        graphdef, stacked = nnx.split(self.layers)
+        sliced = (jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(self.num_layers))
+        return [nnx.merge(graphdef, nnx.spmd.remove_axis(state, 0, LAYERS_AXIS)) for state in sliced]
+
+    def _embed(self, tokens: jax.Array) -> jax.Array:
         x = lookup_rows(self.embed, tokens, ("act_vocab", None))
-        x = constrain(x, ("act_batch", "act_length", "act_embed"))  # float32 residual stream
-        keys = layer_keys(site_key(dropout_key, 1), self.num_layers)
-        if not with_kv:
-            def apply_block(layer: DecoderBlock, x: jax.Array, key: jax.Array | None) -> jax.Array:
-                return layer(x, segment_ids, positions, dropout_key=key)[0]
-
-            x = scan_stack(self.layers, x, keys, apply_block, remat=self.remat, scan=self.scan_layers)
-            return self.final_norm(x)
-
-        def step(x, layer: DecoderBlock, key):
-            x, k, v = layer(x, segment_ids, positions, dropout_key=key)
-            return x, (k, v)
-
-        scan = nnx.scan(step, in_axes=(nnx.Carry, 0, None if keys is None else 0), out_axes=(nnx.Carry, 0),
-                        transform_metadata=LAYERS_AXIS)
-        x, kv = scan(x, self.layers, keys)
-        return self.final_norm(x), kv
+        return constrain(x, ("act_batch", "act_length", "act_embed"))  # float32 residual stream

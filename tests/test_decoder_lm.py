@@ -13,7 +13,7 @@ from model import LlamaLM
 from model.rope import apply_rope
 from train.config import ConfigError, OptimConfig, validate
 from train.losses import next_token_targets
-from train.mesh import make_mesh, to_global
+from train.mesh import check_divisibility, make_mesh, to_global
 from train.optimizer import make_optimizer
 from train.state import init_state, state_layout
 from train.steps import compile_train_step
@@ -110,6 +110,19 @@ def test_bad_decoder_fields_get_one_line(field, value, words):
     setattr(config.model, field, value)
     with pytest.raises(ConfigError, match=words):
         validate(config)
+
+
+def test_kv_heads_that_do_not_split_over_tensor_get_one_line(tmp_path):
+    from train.config import MeshConfig
+    from train.loop import train
+
+    config = llama_config()
+    config.model = dataclasses.replace(config.model, num_heads=4, num_kv_heads=2)
+    config.mesh = MeshConfig(shape=(2, 1, 4))  # 4 query heads split over tensor=4, 2 kv heads do not
+    with pytest.raises(ConfigError, match=r"^model.num_kv_heads=2 does not divide by tensor=4 of mesh") as error:
+        train(config, tmp_path / "run")
+    assert "\n" not in str(error.value) and not (tmp_path / "run").exists()
+    check_divisibility(make_mesh((1, 1, 2), jax.devices()[:2]), batch_size=8, num_heads=4, num_kv_heads=2)
 
 
 def test_decoder_trains_through_the_loop_and_reports_perplexity(tmp_path):

@@ -78,8 +78,8 @@ def layout(tokens):
     slots = np.arange(tokens.shape[1])[None, :]
     return (slots >= start[:, None]).astype(np.int32), np.maximum(slots - start[:, None], 0).astype(np.int32)
 
-layers, _, _, kv_heads, head_dim = manifest["decode"]["inputs"]["cache_k"]["shape"]
-cache_k = cache_v = np.zeros((layers, rows, cache_length, kv_heads, head_dim), np.float32)
+layers, _, kv_heads, _, head_dim = manifest["decode"]["inputs"]["cache_k"]["shape"]
+cache_k = cache_v = np.zeros((layers, rows, kv_heads, cache_length, head_dim), np.float32)
 stepped = []
 for slot in range(length):  # prefill by decode steps
     logits, cache_k, cache_v = decode.call(weights, tokens[:, slot], cache_k, cache_v, np.int32(slot), start)
@@ -106,7 +106,7 @@ def test_decoder_jax_export_decodes_step_by_step_in_a_fresh_process(tmp_path_fac
     workdir = write_checkpoint(tmp_path / "work", config, params, tokenizer, mesh_shape=(2, 2, 2))
     export_jax(CheckpointParams(workdir), tmp_path / "jax")
     manifest = json.loads((tmp_path / "jax" / "manifest.json").read_text())
-    assert manifest["decode"]["inputs"]["cache_k"]["shape"] == [2, "batch", "cache_length", 2, 8]
+    assert manifest["decode"]["inputs"]["cache_k"]["shape"] == [2, "batch", 2, "cache_length", 8]
 
     # Left-padded prompts of 12, 9 and 6 tokens, as train/decoding.py lays them out.
     rng = np.random.default_rng(2)
@@ -121,7 +121,7 @@ def test_decoder_jax_export_decodes_step_by_step_in_a_fresh_process(tmp_path_fac
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     served = np.load(tmp_path / "out.npz")
-    assert served["cache_shape"].tolist() == [2, 3, 18, 2, 8]
+    assert served["cache_shape"].tolist() == [2, 3, 2, 18, 8]
 
     real = np.arange(12)[None, :] >= start[:, None]
     segment_ids = real.astype(np.int32)

@@ -17,7 +17,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from model.config import ModelConfig
-from train.decoding import constrain_cache, decode_one, prefill
+from train.decoding import constrain_cache, decode_layout, decode_one, prefill
 from train.mesh import batch_sharding, replicated, sharding_context
 
 
@@ -78,17 +78,21 @@ def beam_search(params: Any, tokens: jax.Array, lengths: jax.Array, max_new_toke
 def compile_beam_search(graphdef: Any, param_shardings: Any, cfg: ModelConfig, mesh: Mesh, *,
                         beam_width: int, max_new_bucket: int, eos_id: int,
                         pad_id: int) -> Callable[..., dict]:
-    """`beam_search` under jax.jit; call as fn(params, tokens, lengths, max_new_tokens=None, length_penalty=1.0)."""
+    """`beam_search` under jax.jit; call as fn(params, tokens, lengths, max_new_tokens=None, length_penalty=1.0).
+
+    The params are converted to the decoding layout on the first call with them (`DecodeLayout`).
+    """
+    layout = decode_layout(graphdef, param_shardings, cfg, mesh)
     rows, scalar = batch_sharding(mesh), replicated(mesh)
     jitted = jax.jit(
-        functools.partial(beam_search, graphdef=graphdef, cfg=cfg, beam_width=beam_width,
+        functools.partial(beam_search, graphdef=layout.graphdef, cfg=cfg, beam_width=beam_width,
                           max_new_bucket=max_new_bucket, eos_id=eos_id, pad_id=pad_id),
-        in_shardings=(param_shardings, rows, rows, scalar, scalar),
+        in_shardings=(layout.shardings, rows, rows, scalar, scalar),
         out_shardings={"tokens": rows, "num_generated": rows, "log_prob": rows})
 
     def run(params, tokens, lengths, max_new_tokens=None, length_penalty=1.0):
         with sharding_context(mesh):
-            return jitted(params, tokens, lengths,
+            return jitted(layout.convert(params), tokens, lengths,
                           np.int32(max_new_bucket if max_new_tokens is None else max_new_tokens),
                           np.float32(length_penalty))
 

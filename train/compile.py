@@ -50,7 +50,8 @@ def memory_report(config: Config) -> dict[str, int]:
     from train.steps import BATCH_KEYS, compile_train_step
 
     mesh = make_mesh(config.mesh.shape)
-    check_divisibility(mesh, batch_size=config.train.batch_size, num_heads=config.model.num_heads)
+    check_divisibility(mesh, batch_size=config.train.batch_size, num_heads=config.model.num_heads,
+                       num_kv_heads=config.model.resolved_kv_heads)
     tx, schedule = make_optimizer(config.optim, config.train.steps)
     layout = state_layout(config.model, tx, mesh)
     d, vocab = config.data, config.model.vocab_size

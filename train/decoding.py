@@ -23,6 +23,7 @@ from model.config import ModelConfig
 from model.kv_cache import KVCache, cache_logical_names, init_cache
 from model.sharding import constrain
 from train.mesh import batch_sharding, replicated, sharding_context
+from train.state import param_shardings as param_shardings_of
 
 Params = Any
 
@@ -70,7 +71,7 @@ def prefill(model: nnx.Module, cfg: ModelConfig, tokens: jax.Array, lengths: jax
 def decode_one(model: nnx.Module, cfg: ModelConfig, token_B: jax.Array, cache: KVCache, slot: jax.Array,
                start_B: jax.Array) -> tuple[jax.Array, KVCache]:
     """Feeds one token per row, stored at cache `slot`: (logits [B, V], cache)."""
-    slots = jnp.arange(cache["k"].shape[2])
+    slots = jnp.arange(cache["k"].shape[3])
     key_mask = ((slots[None, :] >= start_B[:, None]) & (slots[None, :] <= slot))[:, None, :]
     positions = (slot - start_B)[:, None]
     hidden, cache = model.decode(token_B[:, None], positions, cache, slot, key_mask)
@@ -113,7 +114,7 @@ def generate(params: Params, tokens: jax.Array, lengths: jax.Array, seed: jax.Ar
     """Generates up to `max_new_tokens` (<= max_new_bucket) per row, stopping early once every row hit EOS.
 
     Returns tokens int32 [B, max_new_bucket] (pad after a row's end; EOS included) and
-    num_generated [B].
+    num_generated [B]. `params` are in the decoding layout (see `DecodeLayout`).
     """
     model = nnx.merge(graphdef, params)
     batch, prompt_len = tokens.shape
@@ -144,24 +145,76 @@ def generate(params: Params, tokens: jax.Array, lengths: jax.Array, seed: jax.Ar
     return {"tokens": out, "num_generated": count}
 
 
+@dataclasses.dataclass
+class DecodeLayout:
+    """Training params (stacked layers) to the decoding layout (a list of blocks), once per set of params.
+
+    The decoding loop reads every layer's weights at every step; sliced from the stacked
+    arrays inside the compiled loop they would be copied on every call. `convert` is jitted
+    and remembers its latest result, so repeated calls with the same arrays reuse it (at the
+    cost of holding one extra copy of the weights while those arrays are in use).
+    """
+
+    graphdef: Any
+    shardings: Any
+    convert_fn: Callable[[Params], Params]
+    _latest: tuple[list, Params] | None = None
+
+    def convert(self, params: Params) -> Params:
+        """`params` in the decoding layout; the conversion runs once for the same arrays."""
+        leaves = jax.tree.leaves(params)
+        if self._latest is None or len(leaves) != len(self._latest[0]) or any(
+                a is not b for a, b in zip(leaves, self._latest[0])):
+            self._latest = (leaves, self.convert_fn(params))
+        return self._latest[1]
+
+
+def decode_layout(graphdef: Any, param_shardings: Any, cfg: ModelConfig, mesh: Mesh) -> DecodeLayout:
+    """The decoding layout of the decoder whose training layout is (graphdef, param_shardings)."""
+
+    def to_decode(params: Params) -> nnx.Module:
+        model = nnx.merge(graphdef, params)
+        model.to_decode_layout()
+        return model
+
+    abstract = param_shardings_of(cfg, mesh)[1]
+    with sharding_context(mesh):
+        decode_graphdef = nnx.graphdef(nnx.eval_shape(to_decode, abstract))
+    # Each layer's leaves shard like the stacked ones without the leading layers axis.
+    layer = jax.tree.map(lambda s: NamedSharding(mesh, PartitionSpec(*s.spec[1:])), param_shardings["layers"])
+    shardings = {**param_shardings, "layers": {i: layer for i in range(cfg.num_layers)}}
+    def decode_params(params: Params) -> Params:
+        return nnx.to_pure_dict(nnx.state(to_decode(params)))
+
+    convert = jax.jit(decode_params, in_shardings=(param_shardings,), out_shardings=shardings)
+
+    def convert_in_context(params: Params) -> Params:
+        with sharding_context(mesh):
+            return convert(params)
+
+    return DecodeLayout(decode_graphdef, shardings, convert_in_context)
+
+
 def compile_generate(graphdef: Any, param_shardings: Any, cfg: ModelConfig, mesh: Mesh, *,
                      max_new_bucket: int, eos_id: int, pad_id: int) -> Callable[..., dict]:
     """`generate` under jax.jit: params as laid out for training, prompt rows over data/fsdp.
 
     Call as fn(params, tokens [B, P], lengths [B], seed, max_new_tokens, temperature, top_k, top_p).
+    The params are converted to the decoding layout on the first call with them (`DecodeLayout`).
     """
+    layout = decode_layout(graphdef, param_shardings, cfg, mesh)
     rows = batch_sharding(mesh)
     scalar = replicated(mesh)
     jitted = jax.jit(
-        functools.partial(generate, graphdef=graphdef, cfg=cfg, max_new_bucket=max_new_bucket,
+        functools.partial(generate, graphdef=layout.graphdef, cfg=cfg, max_new_bucket=max_new_bucket,
                           eos_id=eos_id, pad_id=pad_id),
-        in_shardings=(param_shardings, rows, rows, scalar, scalar, scalar, scalar, scalar),
+        in_shardings=(layout.shardings, rows, rows, scalar, scalar, scalar, scalar, scalar),
         out_shardings={"tokens": rows, "num_generated": rows})
 
     @functools.wraps(jitted)
     def run(params, tokens, lengths, seed=0, max_new_tokens=None, temperature=0.0, top_k=0, top_p=1.0):
         with sharding_context(mesh):
-            return jitted(params, tokens, lengths, np.int32(seed),
+            return jitted(layout.convert(params), tokens, lengths, np.int32(seed),
                           np.int32(max_new_bucket if max_new_tokens is None else max_new_tokens),
                           np.float32(temperature), np.int32(top_k), np.float32(top_p))
 

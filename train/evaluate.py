@@ -58,7 +58,8 @@ class Evaluator:
         self.batches = t.eval_batches if batches is None else batches
         self.batch_size = batch_size or t.batch_size
         self.mesh = make_mesh(mesh_shape)
-        check_divisibility(self.mesh, batch_size=self.batch_size, num_heads=self.config.model.num_heads)
+        check_divisibility(self.mesh, batch_size=self.batch_size, num_heads=self.config.model.num_heads,
+                           num_kv_heads=self.config.model.resolved_kv_heads)
         self.data = prepare_data(self.config, workdir)
         check_same_data(self.meta, self.data, f"checkpoint step {step}")
         tx, _ = make_optimizer(self.config.optim, t.steps)

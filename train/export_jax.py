@@ -97,7 +97,7 @@ def export_decode_step(source: CheckpointParams, platforms: tuple[str, ...],
 
 def _decode_manifest(cfg: ModelConfig) -> dict[str, Any]:
     """How to call decode.jax: its inputs, outputs and the cache layout."""
-    shape = [cfg.num_layers, "batch", "cache_length", cfg.resolved_kv_heads, cfg.resolved_head_dim]
+    shape = [cfg.num_layers, "batch", cfg.resolved_kv_heads, "cache_length", cfg.resolved_head_dim]
     cache = {"dtype": cfg.dtype, "shape": shape}  # as model/kv_cache.py's cache_shape
     return {
         "file": DECODE_FILE,

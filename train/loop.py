@@ -62,7 +62,8 @@ def train(config: Config, workdir: pathlib.Path) -> dict[str, float]:
     t = config.train
     preemption = Preemption()  # first, so a SIGTERM during setup is not lost
     mesh = make_mesh(config.mesh.shape)  # before the data: a bad mesh fails in a second
-    check_divisibility(mesh, batch_size=t.batch_size, num_heads=config.model.num_heads)
+    check_divisibility(mesh, batch_size=t.batch_size, num_heads=config.model.num_heads,
+                       num_kv_heads=config.model.resolved_kv_heads)
     bar = ProgressBar(t.steps, 0, enabled=primary and t.progress_bar)
     log = bar.write if primary else (lambda line: None)
     data = primary_first(lambda: prepare_data(config, workdir))

@@ -87,8 +87,12 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def check_divisibility(mesh: Mesh, *, batch_size: int, num_heads: int) -> None:
-    """Fails before compiling when the batch or the heads do not split evenly."""
+def check_divisibility(mesh: Mesh, *, batch_size: int, num_heads: int, num_kv_heads: int = 0) -> None:
+    """Fails before compiling when the batch or the (query or key/value) heads do not split evenly.
+
+    `num_kv_heads` 0 means as many as `num_heads`; grouped-query key/value heads have their
+    own `kv_heads` axis over tensor, so they must divide by it too.
+    """
     batch_ways = mesh.shape["data"] * mesh.shape["fsdp"]
     if batch_size % batch_ways:
         raise ConfigError(
@@ -96,6 +100,10 @@ def check_divisibility(mesh: Mesh, *, batch_size: int, num_heads: int) -> None:
     if num_heads % mesh.shape["tensor"]:
         raise ConfigError(
             f"model.num_heads={num_heads} does not divide by tensor={mesh.shape['tensor']} of mesh {dict(mesh.shape)}")
+    if num_kv_heads and num_kv_heads % mesh.shape["tensor"]:
+        raise ConfigError(
+            f"model.num_kv_heads={num_kv_heads} does not divide by tensor={mesh.shape['tensor']} of mesh "
+            f"{dict(mesh.shape)}; accepted: a tensor axis that divides the key/value heads")
 
 
 def process_rows(global_batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -14,7 +14,8 @@ from jax.sharding import Mesh
 from model.classifier import BertClassifier
 from model.config import ModelConfig
 from train.config import OptimConfig
-from train.mesh import batch_shardings, replicated, sharding_context
+from train.mesh import batch_shardings, replicated
+from train.steps import in_mesh_context
 from train.optimizer import make_optimizer
 from train.state import StateLayout, TrainState
 from train.task_config import TaskConfig
@@ -107,7 +108,7 @@ def compile_steps(layout: StateLayout, mesh: Mesh, **train_kwargs) -> tuple[Call
     evaluate = jax.jit(functools.partial(eval_step, graphdef=layout.graphdef),
                        in_shardings=(layout.shardings["params"], batch_shardings(mesh, keys)),
                        out_shardings=replicated(mesh))
-    return _in_context(train, mesh), _in_context(evaluate, mesh)
+    return in_mesh_context(train, mesh), in_mesh_context(evaluate, mesh)
 
 
 def compile_predict(layout: StateLayout, mesh: Mesh) -> Callable[[Any, Batch], jax.Array]:
@@ -115,15 +116,4 @@ def compile_predict(layout: StateLayout, mesh: Mesh) -> Callable[[Any, Batch], j
     jitted = jax.jit(functools.partial(predict_step, graphdef=layout.graphdef),
                      in_shardings=(layout.shardings["params"], batch_shardings(mesh, INPUT_KEYS)),
                      out_shardings=replicated(mesh))
-    return _in_context(jitted, mesh)
-
-
-def _in_context(fn: Callable, mesh: Mesh) -> Callable:
-    """Traces and runs `fn` with the mesh and logical rules active (for activation constraints)."""
-
-    @functools.wraps(fn)
-    def wrapped(*args):
-        with sharding_context(mesh):
-            return fn(*args)
-
-    return wrapped
+    return in_mesh_context(jitted, mesh)

@@ -119,7 +119,7 @@ def compile_train_step(layout: StateLayout, mesh: Mesh, **kwargs) -> Callable[[T
         in_shardings=(layout.shardings, batch_shardings(mesh, BATCH_KEYS)),
         out_shardings=(layout.shardings, replicated(mesh)),
         donate_argnums=0)
-    return _in_context(jitted, mesh)
+    return in_mesh_context(jitted, mesh)
 
 
 def compile_eval_step(layout: StateLayout, mesh: Mesh, **kwargs) -> Callable[..., dict]:
@@ -128,10 +128,10 @@ def compile_eval_step(layout: StateLayout, mesh: Mesh, **kwargs) -> Callable[...
         functools.partial(eval_step, graphdef=layout.graphdef, **kwargs),
         in_shardings=(layout.shardings["params"], batch_shardings(mesh, BATCH_KEYS), replicated(mesh)),
         out_shardings=replicated(mesh))
-    return _in_context(jitted, mesh)
+    return in_mesh_context(jitted, mesh)
 
 
-def _in_context(fn: Callable, mesh: Mesh) -> Callable:
+def in_mesh_context(fn: Callable, mesh: Mesh) -> Callable:
     """Traces and runs `fn` with the mesh and logical rules active (for activation constraints)."""
 
     @functools.wraps(fn)
@@ -150,4 +150,4 @@ def compile_forward(layout: StateLayout, mesh: Mesh) -> Callable[[Any, Batch], j
         return model(batch["tokens"], batch["segment_ids"], batch["positions"])
 
     jitted = jax.jit(forward, in_shardings=(layout.shardings["params"], batch_shardings(mesh, BATCH_KEYS)))
-    return _in_context(jitted, mesh)
+    return in_mesh_context(jitted, mesh)

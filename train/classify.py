@@ -14,22 +14,16 @@ from train.config import ConfigError, config_from_json
 from train.finetune_data import LABELS_FILE
 from train.finetune_steps import INPUT_KEYS, classifier_factory, compile_predict, finetune_optimizer
 from train.mesh import make_mesh, to_global
+from train.param_reader import resolve_step
 from train.state import state_layout
 
 
 def predict(workdir: str | pathlib.Path, texts: list[str], text_pairs: list[str] | None = None,
             step: int | None = None) -> tuple[list[str], np.ndarray]:
     """(label names, probabilities [N, num_labels]) of a fine-tuned checkpoint for the texts."""
+    step = resolve_step(workdir, step)
     workdir = pathlib.Path(workdir)
-    if not (workdir / "checkpoints").is_dir():
-        raise ConfigError(f"--workdir={workdir} has no checkpoints/; pass the workdir of a train.finetune run")
     checkpoints = Checkpoints(workdir, use_async=False)
-    steps = checkpoints.all_steps()
-    if not steps:
-        raise ConfigError(f"--workdir={workdir} has no checkpoints; pass the workdir of a train.finetune run")
-    step = max(steps) if step is None else step
-    if step not in steps:
-        raise ConfigError(f"--step={step} is not in {workdir}; saved steps: {sorted(steps)}")
     meta = checkpoints.restore_meta(step)
     if "labels" not in meta:
         raise ConfigError(f"--workdir={workdir} is a pretraining run, not a fine-tuned classifier")

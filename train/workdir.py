@@ -11,10 +11,11 @@ from jax.sharding import Mesh
 
 from data.store import PreparedData
 from train.checkpoint import Checkpoints
-from train.config import Config, ConfigError, config_from_json
+from train.config import Config, config_from_json
 from train.inputs import check_same_data, prepare_data
 from train.mesh import make_mesh
 from train.optimizer import make_optimizer
+from train.param_reader import resolve_step
 from train.state import StateLayout, state_layout
 
 
@@ -31,19 +32,9 @@ class TrainedModel:
 def open_workdir(path: str | pathlib.Path, step: int | None = None,
                  mesh_shape: tuple[int, ...] = (1, 1, 1)) -> TrainedModel:
     """The parameters of a checkpoint (latest by default) with the config it was saved with."""
-    if not path:
-        raise ConfigError("--workdir is required: the workdir of a training run")
+    step = resolve_step(path, step)
     workdir = pathlib.Path(path)
-    if not (workdir / "checkpoints").is_dir():
-        raise ConfigError(f"--workdir={path} has no checkpoints/; pass the workdir of a training run")
     checkpoints = Checkpoints(workdir, use_async=False)
-    steps = checkpoints.all_steps()
-    if not steps:
-        raise ConfigError(f"--workdir={path} has no checkpoints yet; train first or wait for the first save")
-    if step is None:
-        step = max(steps)
-    elif step not in steps:
-        raise ConfigError(f"--step={step} is not in {path}; saved steps: {sorted(steps)}")
     meta = checkpoints.restore_meta(step)
     config = config_from_json(json.dumps(meta["config"]))
     data = prepare_data(config, workdir)

@@ -97,6 +97,12 @@ def train(config: Config, workdir: pathlib.Path) -> dict[str, float]:
         writer.write(step, "eval", metrics)
         return metrics
 
+    def flush(pending: tuple[int, Any], force: bool = False) -> None:
+        """Fetches one step's metrics once, checks they are finite and records them."""
+        done, metrics = pending[0], jax.device_get(pending[1])
+        guard.check(done, metrics)
+        _record(window, writer, bar, done, metrics, t.log_every, force=force)
+
     profiler = StepProfiler(workdir, t.profile_start, t.profile_steps, enabled=primary)
     window = _throughput_window(config, layout, spec and spec.max_predictions, mesh)
     pending = None
@@ -113,16 +119,14 @@ def train(config: Config, workdir: pathlib.Path) -> dict[str, float]:
             log(f"first step (compile and run) took {time.perf_counter() - window.started:.1f}s")
             window.started = started
         if pending is not None:  # one step late: the host waits on step-1 while step runs
-            guard.check(*pending)
-            _record(window, writer, bar, *pending, t.log_every)
+            flush(pending)
         pending = (step + 1, metrics)
         done = step + 1
         preempted = preemption.reached(done)
         save = done % t.checkpoint_every == 0 or done == t.steps or preempted
         evaluate_now = (t.eval_every and done % t.eval_every == 0) or done == t.steps
         if save or evaluate_now:  # these wait on this step anyway: log it first
-            guard.check(*pending)  # never save a non-finite state
-            _record(window, writer, bar, *pending, t.log_every, force=done == t.steps or preempted)
+            flush(pending, force=done == t.steps or preempted)  # never saves a non-finite state
             pending = None
         if evaluate_now:  # before the save, so the checkpoint records its eval metrics
             eval_started = time.perf_counter()

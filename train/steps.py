@@ -74,14 +74,16 @@ def train_step(state: TrainState, batch: Batch, *, graphdef: Any, tx: optax.Grad
     (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    finite = _all_finite((loss, grads, params))
+    grad_norm = optax.global_norm(grads)  # also what clipping computes: XLA shares it
+    # A non-finite gradient makes the norm non-finite: no second pass over the gradients.
+    finite = _all_finite((loss, grad_norm, params))
     if skip_nonfinite:
         params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
                                          (params, opt_state), (state["params"], state["opt_state"]))
     metrics = {
         "loss": loss,
         "accuracy": sums["correct"] / jnp.maximum(sums["count"], 1.0),
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": grad_norm,
         "learning_rate": schedule(step),
         "tokens": sums["tokens"],
         "masked": sums["count"],
@@ -91,7 +93,7 @@ def train_step(state: TrainState, batch: Batch, *, graphdef: Any, tx: optax.Grad
 
 
 def _all_finite(tree: Any) -> jax.Array:
-    """True when every float in `tree` is finite (a norm could overflow where no value does)."""
+    """True when every float in `tree` is finite."""
     leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 

@@ -33,6 +33,17 @@ assert not any(m.split(".")[0] in ("model", "train", "data") for m in sys.module
 """
 
 
+
+def _serve(script: str, tmp_path) -> dict:
+    """Runs `script` on tmp_path/jax and batch.npz in a fresh `python -I` (no meshlm); its out.npz."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", script, str(tmp_path / "jax"), str(tmp_path / "batch.npz"),
+         str(tmp_path / "out.npz")], cwd=tmp_path, env={**env, "JAX_PLATFORMS": "cpu"},
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return np.load(tmp_path / "out.npz")
+
 def test_jax_export_reloads_in_a_fresh_process_without_meshlm(tmp_path_factory, tmp_path):
     tokenizer = small_tokenizer(tmp_path_factory)
     config = tiny_export_config(tokenizer.vocab_size)
@@ -44,13 +55,7 @@ def test_jax_export_reloads_in_a_fresh_process_without_meshlm(tmp_path_factory, 
 
     tokens, segment_ids, positions = fixed_batch(config.model.vocab_size, tokenizer.pad_id)
     np.savez(tmp_path / "batch.npz", tokens=tokens, segment_ids=segment_ids, positions=positions)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
-    result = subprocess.run(
-        [sys.executable, "-I", "-c", _SERVER, str(tmp_path / "jax"), str(tmp_path / "batch.npz"),
-         str(tmp_path / "out.npz")], cwd=tmp_path, env={**env, "JAX_PLATFORMS": "cpu"},
-        capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    served = np.load(tmp_path / "out.npz")
+    served = _serve(_SERVER, tmp_path)
     for rows, length in ((3, 12), (2, 7)):
         args = (tokens[:rows, :length], segment_ids[:rows, :length], positions[:rows, :length])
         want = jax_logits(config, params, *args)
@@ -114,13 +119,7 @@ def test_decoder_jax_export_decodes_step_by_step_in_a_fresh_process(tmp_path_fac
     start = np.array([0, 3, 6], np.int32)
     tokens[np.arange(12)[None, :] < start[:, None]] = tokenizer.pad_id
     np.savez(tmp_path / "batch.npz", tokens=tokens, start=start)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
-    result = subprocess.run(
-        [sys.executable, "-I", "-c", _DECODER_SERVER, str(tmp_path / "jax"), str(tmp_path / "batch.npz"),
-         str(tmp_path / "out.npz")], cwd=tmp_path, env={**env, "JAX_PLATFORMS": "cpu"},
-        capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    served = np.load(tmp_path / "out.npz")
+    served = _serve(_DECODER_SERVER, tmp_path)
     assert served["cache_shape"].tolist() == [2, 3, 2, 18, 8]
 
     real = np.arange(12)[None, :] >= start[:, None]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Callable, TypeVar
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from model.sharding import check_rules_cover
@@ -62,12 +63,22 @@ def scan_stack(stack: Layer, x: jax.Array, layer_keys: jax.Array | None,
         step = nnx.remat(step, prevent_cse=not scan, policy=policy)
     if not scan:
         graphdef, stacked = nnx.split(stack)
-        num_layers = jax.tree.leaves(stacked)[0].shape[0]
-        for i in range(num_layers):
-            layer = nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], stacked))
-            x = step(x, layer, None if layer_keys is None else layer_keys[i])
+        for i, layer_state in enumerate(unstack_layers(stacked)):
+            x = step(x, nnx.merge(graphdef, layer_state), None if layer_keys is None else layer_keys[i])
         return x
     key_axis = None if layer_keys is None else 0
     scan_fn = nnx.scan(step, in_axes=(nnx.Carry, 0, key_axis), out_axes=nnx.Carry,
                        transform_metadata=LAYERS_AXIS)
     return scan_fn(x, stack, layer_keys)
+
+
+def unstack_layers(stacked: nnx.State) -> list[nnx.State]:
+    """Each layer's slice of stacked parameters, by one split per array.
+
+    The gradient of a split is one concatenate; per-layer indexing would instead give each
+    layer's gradient as a zero-padded copy of the whole stack, summed layer by layer.
+    """
+    leaves, treedef = jax.tree.flatten(stacked)
+    num_layers = leaves[0].shape[0]
+    parts = [[jnp.squeeze(p, 0) for p in jnp.split(leaf, num_layers)] for leaf in leaves]
+    return [jax.tree.unflatten(treedef, [leaf_parts[i] for leaf_parts in parts]) for i in range(num_layers)]

@@ -26,6 +26,7 @@ from model.block import DecoderBlock, write_cache
 from model.config import ModelConfig
 from model.dropout import layer_keys, site_key
 from model.embeddings import embedding_table, lookup_rows
+from model.fused_block import FusedDecoderBlock
 from model.kv_cache import KVCache
 from model.norm import RMSNorm
 from model.sharding import constrain, param_init
@@ -89,10 +90,10 @@ class LlamaLM(nnx.Module):
                 cache: KVCache) -> tuple[jax.Array, KVCache]:
         """Runs a prompt batch [B, L] and writes its keys/values into cache slots 0..L-1."""
         x = self._embed(tokens)
-        cache_k, cache_v = cache["k"], cache["v"]
+        cache_k, cache_v = list(cache["k"]), list(cache["v"])
         for i, layer in enumerate(self.blocks()):
             x, k, v = layer(x, segment_ids, positions)
-            cache_k, cache_v = write_cache(cache_k, k, i, 0), write_cache(cache_v, v, i, 0)
+            cache_k[i], cache_v[i] = write_cache(cache_k[i], k, 0), write_cache(cache_v[i], v, 0)
         return self.final_norm(x), {"k": cache_k, "v": cache_v}
 
     def decode(self, tokens: jax.Array, positions: jax.Array, cache: KVCache, index: jax.Array,
@@ -100,13 +101,13 @@ class LlamaLM(nnx.Module):
         """Hidden states [B, T, hidden] of new tokens [B, T] stored at cache slot `index`.
 
         `key_mask` bool [B, T, S] says which cache slots (after the write) each new token sees.
-        The layers run unrolled, each writing its key and value into the stacked cache in
-        place (a scan would copy every layer's cache and weights out of the stacked arrays).
+        The layers run unrolled, each writing its key and value into its cache in place (a
+        scan would copy every layer's cache and weights out of stacked arrays).
         """
         x = self._embed(tokens)
-        cache_k, cache_v = cache["k"], cache["v"]
+        cache_k, cache_v = list(cache["k"]), list(cache["v"])
         for i, layer in enumerate(self.blocks()):
-            x, cache_k, cache_v = layer.decode(x, positions, cache_k, cache_v, i, index, key_mask)
+            x, cache_k[i], cache_v[i] = layer.decode(x, positions, cache_k[i], cache_v[i], index, key_mask)
         return self.final_norm(x), {"k": cache_k, "v": cache_v}
 
     @property
@@ -115,16 +116,17 @@ class LlamaLM(nnx.Module):
         return isinstance(self.layers, nnx.List)
 
     def to_decode_layout(self) -> None:
-        """Holds the layers as a list of blocks instead of stacked arrays (one copy of their weights).
+        """Holds the layers as a list of fused blocks instead of stacked arrays (one copy of their weights).
 
         A decoding loop reads every layer's weights at every step. Sliced out of stacked
         arrays inside the loop they are copied per step (or, hoisted, per call: a fresh copy
-        of all the weights); in this layout each matmul reads them where they lie. Training
-        keeps the stacked layout (its scan compiles once for all layers).
+        of all the weights); in this layout each matmul reads them where they lie, four
+        matmuls per layer instead of seven (model/fused_block.py). Training keeps the
+        stacked layout (its scan compiles once for all layers).
         """
-        self.layers = nnx.List(self.blocks())
+        self.layers = nnx.List([FusedDecoderBlock(block) for block in self.blocks()])
 
-    def blocks(self) -> list[DecoderBlock]:
+    def blocks(self) -> list[DecoderBlock | FusedDecoderBlock]:
         """The layers as separate blocks: as held, or static slices of the stacked arrays."""
         if self.decode_layout:
             return list(self.layers)

@@ -30,6 +30,14 @@ def param_init(init: nnx.Initializer, names: LogicalNames) -> nnx.Initializer:
     return annotated_init
 
 
+def named_param(value: jax.Array, names: LogicalNames) -> nnx.Param:
+    """A parameter holding `value` under logical names, placed like `param_init`'s (only with a mesh)."""
+    eager = nnx.using_eager_sharding() and mesh_is_set()
+    if eager:
+        check_rules_cover(names)
+    return nnx.Param(value, out_sharding=names, eager_sharding=eager)
+
+
 def mesh_is_set() -> bool:
     """Whether a mesh is active (`jax.set_mesh`), i.e. whether sharding can happen."""
     return not jax.sharding.get_abstract_mesh().empty

@@ -30,7 +30,7 @@ def beam_search(params: Any, tokens: jax.Array, lengths: jax.Array, max_new_toke
     logits, cache, start_B = prefill(nnx.merge(graphdef, params), cfg, tokens, lengths,
                                      prompt_len + max_new_bucket)
     # Beams are rows b * width + w; all start from the prompt's cache, only beam 0 alive.
-    cache = constrain_cache(jax.tree.map(lambda c: jnp.repeat(c, width, axis=1), cache), cfg)
+    cache = constrain_cache(jax.tree.map(lambda c: jnp.repeat(c, width, axis=0), cache), cfg)
     start = jnp.repeat(start_B, width)
     scores = jnp.tile(jnp.where(jnp.arange(width) == 0, 0.0, -jnp.inf), (batch, 1))
     out = jnp.full((batch, width, max_new_bucket), pad_id, jnp.int32)
@@ -51,7 +51,7 @@ def beam_search(params: Any, tokens: jax.Array, lengths: jax.Array, max_new_toke
         out = jax.lax.dynamic_update_slice_in_dim(out, token[..., None], t, axis=2)
         count = count + (~done).astype(jnp.int32)
         rows = (jnp.arange(batch)[:, None] * width + parent).reshape(-1)
-        cache = constrain_cache(jax.tree.map(lambda c: jnp.take(c, rows, axis=1), cache), cfg)
+        cache = constrain_cache(jax.tree.map(lambda c: jnp.take(c, rows, axis=0), cache), cfg)
         return best, out, done | (token == eos_id), count, cache, token.reshape(-1)
 
     scores, out, done, count, cache, last = extend(0, log_probs, scores, out, done, count, cache)

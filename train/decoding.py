@@ -17,13 +17,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from model.config import ModelConfig
 from model.kv_cache import KVCache, cache_logical_names, init_cache
 from model.sharding import constrain
 from train.mesh import batch_sharding, replicated, sharding_context
-from train.state import param_shardings as param_shardings_of
+from train.state import named_shardings, param_shardings as param_shardings_of
 
 Params = Any
 
@@ -71,7 +71,7 @@ def prefill(model: nnx.Module, cfg: ModelConfig, tokens: jax.Array, lengths: jax
 def decode_one(model: nnx.Module, cfg: ModelConfig, token_B: jax.Array, cache: KVCache, slot: jax.Array,
                start_B: jax.Array) -> tuple[jax.Array, KVCache]:
     """Feeds one token per row, stored at cache `slot`: (logits [B, V], cache)."""
-    slots = jnp.arange(cache["k"].shape[3])
+    slots = jnp.arange(cache["k"][0].shape[2])
     key_mask = ((slots[None, :] >= start_B[:, None]) & (slots[None, :] <= slot))[:, None, :]
     positions = (slot - start_B)[:, None]
     hidden, cache = model.decode(token_B[:, None], positions, cache, slot, key_mask)
@@ -81,7 +81,7 @@ def decode_one(model: nnx.Module, cfg: ModelConfig, token_B: jax.Array, cache: K
 def constrain_cache(cache: KVCache, cfg: ModelConfig) -> KVCache:
     """Pins the cache's layout like the activations (batch over data/fsdp, kv heads over tensor)."""
     names = cache_logical_names(cfg)
-    return {name: constrain(value, names) for name, value in cache.items()}
+    return {name: [constrain(layer, names) for layer in layers] for name, layers in cache.items()}
 
 
 def sample(logits_BV: jax.Array, key: jax.Array, temperature: jax.Array, top_k: jax.Array,
@@ -179,10 +179,10 @@ def decode_layout(graphdef: Any, param_shardings: Any, cfg: ModelConfig, mesh: M
 
     abstract = param_shardings_of(cfg, mesh)[1]
     with sharding_context(mesh):
-        decode_graphdef = nnx.graphdef(nnx.eval_shape(to_decode, abstract))
-    # Each layer's leaves shard like the stacked ones without the leading layers axis.
-    layer = jax.tree.map(lambda s: NamedSharding(mesh, PartitionSpec(*s.spec[1:])), param_shardings["layers"])
-    shardings = {**param_shardings, "layers": {i: layer for i in range(cfg.num_layers)}}
+        decode_graphdef, decode_state = nnx.split(nnx.eval_shape(to_decode, abstract))
+        # The regrouped kernels carry their own logical names (model/fused_block.py).
+        shardings = named_shardings(decode_state, mesh)
+
     def decode_params(params: Params) -> Params:
         return nnx.to_pure_dict(nnx.state(to_decode(params)))
 

@@ -29,7 +29,7 @@ import numpy as np
 from flax import nnx
 
 from model.config import ModelConfig
-from model.kv_cache import cache_shape
+from model.kv_cache import cache_shape, stack_cache, unstack_cache
 from train.decoding import decode_one
 from train.export_hf import export_dtype
 from train.mesh import make_mesh
@@ -85,12 +85,13 @@ def export_decode_step(source: CheckpointParams, platforms: tuple[str, ...],
     def step(weights: dict[str, jax.Array], token: jax.Array, cache_k: jax.Array, cache_v: jax.Array,
              slot: jax.Array, start: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         model = nnx.merge(graphdef, _nest(weights))
-        logits, cache = decode_one(model, cfg, token, {"k": cache_k, "v": cache_v}, slot, start)
-        return logits, cache["k"], cache["v"]
+        logits, cache = decode_one(model, cfg, token, unstack_cache({"k": cache_k, "v": cache_v}), slot, start)
+        stacked = stack_cache(cache)
+        return logits, stacked["k"], stacked["v"]
 
     batch, length = jax.export.symbolic_shape("batch, cache_length")
     rows = jax.ShapeDtypeStruct((batch,), jnp.int32)
-    cache = jax.ShapeDtypeStruct(cache_shape(cfg, batch, length), jnp.dtype(cfg.dtype))
+    cache = jax.ShapeDtypeStruct((cfg.num_layers, *cache_shape(cfg, batch, length)), jnp.dtype(cfg.dtype))
     slot = jax.ShapeDtypeStruct((), jnp.int32)
     return jax.export.export(jax.jit(step), platforms=platforms)(weights, rows, cache, cache, slot, rows)
 
@@ -98,7 +99,7 @@ def export_decode_step(source: CheckpointParams, platforms: tuple[str, ...],
 def _decode_manifest(cfg: ModelConfig) -> dict[str, Any]:
     """How to call decode.jax: its inputs, outputs and the cache layout."""
     shape = [cfg.num_layers, "batch", cfg.resolved_kv_heads, "cache_length", cfg.resolved_head_dim]
-    cache = {"dtype": cfg.dtype, "shape": shape}  # as model/kv_cache.py's cache_shape
+    cache = {"dtype": cfg.dtype, "shape": shape}  # model/kv_cache.py stack_cache layout
     return {
         "file": DECODE_FILE,
         "call": "jax.export.deserialize(decode.jax).call(weights, token, cache_k, cache_v, slot, start)",

@@ -52,11 +52,14 @@ def param_shardings(model_cfg: ModelConfig, mesh: Mesh,
     with sharding_context(mesh):
         abstract_model = nnx.eval_shape(lambda: factory(0))
         graphdef, abstract_state = nnx.split(abstract_model)
-        specs = nnx.to_pure_dict(nnx.get_partition_spec(abstract_state))
-    params = nnx.to_pure_dict(abstract_state)
-    shardings = jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
-                             is_leaf=lambda x: isinstance(x, PartitionSpec))
-    return graphdef, params, shardings
+        shardings = named_shardings(abstract_state, mesh)
+    return graphdef, nnx.to_pure_dict(abstract_state), shardings
+
+
+def named_shardings(state: nnx.State, mesh: Mesh) -> Any:
+    """A NamedSharding per variable from its logical names (call inside `sharding_context(mesh)`)."""
+    specs = nnx.to_pure_dict(nnx.get_partition_spec(state))
+    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
 def state_layout(model_cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh,

@@ -1,0 +1,90 @@
+"""A decoder layer's weights regrouped for decoding: one q/k/v matmul and one gate/up matmul.
+
+A decode step multiplies one token per row by every weight, so it is bound by reading
+the weights; seven matmuls per layer (q, k, v, out, gate, up, down) become four. The
+groups keep tensor parallelism intact: q/k/v are grouped per key/value head
+([embed, kv_heads, group + 2, head_dim]: that head's queries, then its key and value)
+and gate/up per MLP unit ([embed, 2, mlp]), so sharding the head or MLP axis keeps each
+group on one device. Kernels stay [in, out], the layout XLA:CPU's matrix-vector product
+reads as it lies (held [out, in], each step paid a transposing copy of every kernel). `FusedDecoderBlock.of(block)` builds it from a trained `DecoderBlock`
+(the same numbers, regrouped); training never sees this layout.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from model.attention import attention_mask, dot_product_attention
+from model.block import DecoderBlock, write_cache
+from model.rope import apply_rope
+from model.sharding import constrain, named_param
+
+
+class FusedDecoderBlock(nnx.Module):
+    """The Llama layer of `DecoderBlock` with fused kernels; same outputs, inference only."""
+
+    def __init__(self, block: DecoderBlock):
+        attention, mlp = block.attention, block.mlp
+        q, k, v = (p.kernel[...] for p in (attention.query, attention.key, attention.value))  # [D, heads, Dh]
+        hidden, num_heads, head_dim = q.shape
+        num_kv_heads = k.shape[1]
+        grouped = q.reshape(hidden, num_kv_heads, num_heads // num_kv_heads, head_dim)
+        qkv = jnp.concatenate([grouped, k[:, :, None], v[:, :, None]], axis=2)  # [D, K, G+2, Dh]
+        kv_name = "kv_heads" if num_kv_heads != num_heads else "heads"
+        self.qkv = named_param(qkv, ("embed", kv_name, None, "head_dim"))
+        self.out = named_param(attention.out.kernel[...], ("heads", "head_dim", "embed"))
+        self.gate_up = named_param(jnp.stack([mlp.gate.kernel[...], mlp.up.kernel[...]], axis=1), ("embed", None, "mlp"))
+        self.down = named_param(mlp.down.kernel[...], ("mlp", "embed"))
+        self.attention_norm, self.mlp_norm = block.attention_norm, block.mlp_norm
+        self.kv_act_name = attention.kv_act_name
+        self.rope_theta = attention.rope_theta
+        self.dtype = block.dtype
+
+    def __call__(self, x: jax.Array, segment_ids: jax.Array, positions: jax.Array, *,
+                 dropout_key: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """As `DecoderBlock.__call__` (no dropout in this layout): (x, keys, values [B, L, K, D])."""
+        del dropout_key
+        q, k, v = self._project(x, positions)
+        mask = attention_mask(segment_ids, segment_ids, causal=True)
+        return self._mlp_residual(self._attend(x, q, k, v, mask, heads_first=False)), k, v
+
+    def decode(self, x: jax.Array, positions: jax.Array, cache_k: jax.Array, cache_v: jax.Array,
+               index: jax.Array, key_mask: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """As `DecoderBlock.decode`: new tokens written at slot `index` of this layer's cache [B, K, S, D]."""
+        q, k, v = self._project(x, positions)
+        cache_k, cache_v = write_cache(cache_k, k, index), write_cache(cache_v, v, index)
+        x = self._attend(x, q, cache_k, cache_v, key_mask[:, None], heads_first=True)
+        return self._mlp_residual(x), cache_k, cache_v
+
+    def _project(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """q [B, L, H, D] and k, v [B, L, K, D], rotated by `positions`."""
+        h = self.attention_norm(x)
+        qkv = jnp.einsum("bld,dkgj->blkgj", h, self.qkv[...].astype(self.dtype))
+        batch, length, num_kv_heads, slots, head_dim = qkv.shape  # slots: the group's queries, key, value
+        q = qkv[:, :, :, :slots - 2].reshape(batch, length, num_kv_heads * (slots - 2), head_dim)
+        q = constrain(q, ("act_batch", "act_length", "act_heads", "act_head_dim"))
+        kv_names = ("act_batch", "act_length", self.kv_act_name, "act_head_dim")
+        k = constrain(qkv[:, :, :, slots - 2], kv_names)
+        v = constrain(qkv[:, :, :, slots - 1], kv_names)
+        if self.rope_theta:
+            q, k = apply_rope(q, positions, self.rope_theta), apply_rope(k, positions, self.rope_theta)
+        return q, k, v
+
+    def _attend(self, x: jax.Array, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *,
+                heads_first: bool) -> jax.Array:
+        """x plus the attention output projected back to the residual stream (float32)."""
+        out = dot_product_attention(q, k, v, mask, heads_first=heads_first)
+        out = constrain(out, ("act_batch", "act_length", "act_heads", "act_head_dim"))
+        h = jnp.einsum("blhk,hkd->bld", out, self.out[...].astype(self.dtype))
+        return x.astype(jnp.float32) + constrain(h, ("act_batch", "act_length", "act_embed")).astype(jnp.float32)
+
+    def _mlp_residual(self, x: jax.Array) -> jax.Array:
+        h = self.mlp_norm(x)
+        gate_up = jnp.einsum("bld,djf->bljf", h, self.gate_up[...].astype(self.dtype)).astype(jnp.float32)
+        h = jax.nn.silu(gate_up[:, :, 0]) * gate_up[:, :, 1]
+        h = constrain(h.astype(self.dtype), ("act_batch", "act_length", "act_mlp"))
+        h = jnp.einsum("blf,fd->bld", h, self.down[...].astype(self.dtype))
+        x = x + constrain(h, ("act_batch", "act_length", "act_embed")).astype(jnp.float32)
+        return constrain(x, ("act_batch", "act_length", "act_embed"))

@@ -83,7 +83,7 @@ def fused_adamw(cfg: OptimConfig, schedule: optax.Schedule) -> optax.GradientTra
             u = (m / mu_correction.astype(m.dtype)) / (jnp.sqrt(v / nu_correction.astype(v.dtype)) + cfg.eps)
             if decays and cfg.weight_decay:
                 u = u + cfg.weight_decay * p
-            return u * step_size.astype(u.dtype), m, v
+            return jnp.asarray(step_size, u.dtype) * u, m, v
 
         leaves = jax.tree.map(leaf, grads, adam.mu, adam.nu, params, decay_mask(params))
         pick = lambda i: jax.tree.map(lambda out: out[i], leaves, is_leaf=lambda x: isinstance(x, tuple))

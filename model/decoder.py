@@ -30,7 +30,7 @@ from model.fused_block import FusedDecoderBlock
 from model.kv_cache import KVCache
 from model.norm import RMSNorm
 from model.sharding import constrain, param_init
-from model.stack import LAYERS_AXIS, create_stack, scan_stack
+from model.stack import LAYERS_AXIS, create_stack, scan_stack, unstack_layers
 
 
 class LlamaLM(nnx.Module):
@@ -131,8 +131,7 @@ class LlamaLM(nnx.Module):
         if self.decode_layout:
             return list(self.layers)
         graphdef, stacked = nnx.split(self.layers)
-        sliced = (jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(self.num_layers))
-        return [nnx.merge(graphdef, nnx.spmd.remove_axis(state, 0, LAYERS_AXIS)) for state in sliced]
+        return [nnx.merge(graphdef, nnx.spmd.remove_axis(state, 0, LAYERS_AXIS)) for state in unstack_layers(stacked)]
 
     def _embed(self, tokens: jax.Array) -> jax.Array:
         x = lookup_rows(self.embed, tokens, ("act_vocab", None))

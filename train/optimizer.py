@@ -67,7 +67,7 @@ def fused_adamw(cfg: OptimConfig, schedule: optax.Schedule) -> optax.GradientTra
     def update(grads, state, params):
         adam = _only(state, optax.ScaleByAdamState)
         lr_count = _only(state, optax.ScaleByScheduleState).count
-        scale = jnp.ones((), jnp.float32)
+        scale = None
         if cfg.clip_norm > 0:  # as optax.clip_by_global_norm
             norm = optax.global_norm(grads)
             scale = jnp.where(norm < cfg.clip_norm, 1.0, cfg.clip_norm / norm)
@@ -77,7 +77,7 @@ def fused_adamw(cfg: OptimConfig, schedule: optax.Schedule) -> optax.GradientTra
         step_size = -schedule(lr_count)
 
         def leaf(g, m, v, p, decays):
-            g = g * scale if cfg.clip_norm > 0 else g
+            g = g if scale is None else g * scale
             m = (1 - cfg.b1) * g + cfg.b1 * m
             v = (1 - cfg.b2) * (g ** 2) + cfg.b2 * v
             u = (m / mu_correction.astype(m.dtype)) / (jnp.sqrt(v / nu_correction.astype(v.dtype)) + cfg.eps)

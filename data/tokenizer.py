@@ -21,6 +21,7 @@ import sentencepiece as spm
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 1, 2, 3, 4
 PAD_PIECE, UNK_PIECE = "[PAD]", "[UNK]"
 CLS_PIECE, SEP_PIECE, MASK_PIECE = "[CLS]", "[SEP]", "[MASK]"
+MAX_SENTENCE_BYTES = 4192  # sentencepiece's limit on one training line
 MODEL_TYPES = ("unigram", "bpe", "word", "char")
 _WORD_START = "\u2581"  # sentencepiece's "▁", marking a piece that follows a space
 
@@ -181,7 +182,7 @@ def train_tokenizer(text_path: str | os.PathLike, model_path: str | os.PathLike,
             sentence_iterator=_sampled_lines(text_path, max_sentences, seed),
             model_writer=model, **_trainer_flags(vocab_size, model_type))
     except RuntimeError as e:
-        reason = str(e).rsplit("] ", 1)[-1]  # drop sentencepiece's source location
+        reason = str(e).rsplit("] ", 1)[-1].strip() or str(e)  # drop sentencepiece's source location
         raise ValueError(f"sentencepiece could not train on {text_path} with "
                          f"vocab_size={vocab_size}, model_type={model_type}: {reason}") from None
     _check_trained_size(model.getvalue(), vocab_size, model_type, text_path)
@@ -254,7 +255,34 @@ def _sampled_lines(text_path: pathlib.Path, max_sentences: int, seed: int) -> It
         lines = (line.rstrip("\n") for line in f if line.strip())
         for i, line in enumerate(lines):
             if chosen is None or i in chosen:
-                yield line
+                yield from _pieces_of_line(line)
+
+
+def _pieces_of_line(line: str, limit: int = MAX_SENTENCE_BYTES) -> Iterator[str]:
+    """line, cut at spaces into pieces of at most `limit` UTF-8 bytes.
+
+    sentencepiece silently skips longer training lines, so a corpus of long documents (a
+    book per paragraph, an article per JSONL record) would otherwise train on nothing.
+    A single word longer than the limit is cut inside the word.
+    """
+    if len(line.encode()) <= limit:
+        yield line
+        return
+    piece, size = [], 0
+    for word in line.split(" "):
+        word_size = len(word.encode()) + 1
+        if piece and size + word_size > limit + 1:
+            yield " ".join(piece)
+            piece, size = [], 0
+        while word_size > limit + 1:  # one huge "word": cut on characters
+            head = word.encode()[:limit].decode(errors="ignore")
+            yield head
+            word = word[len(head):]
+            word_size = len(word.encode()) + 1
+        piece.append(word)
+        size += word_size
+    if piece:
+        yield " ".join(piece)
 
 
 def _trainer_flags(vocab_size: int, model_type: str) -> dict:
@@ -263,7 +291,7 @@ def _trainer_flags(vocab_size: int, model_type: str) -> dict:
         vocab_size=vocab_size, model_type=model_type, pad_id=PAD_ID, unk_id=UNK_ID,
         bos_id=-1, eos_id=-1, pad_piece=PAD_PIECE, unk_piece=UNK_PIECE,
         user_defined_symbols=[CLS_PIECE, SEP_PIECE, MASK_PIECE],
-        input_sentence_size=0, shuffle_input_sentence=False, max_sentence_length=4192,
+        input_sentence_size=0, shuffle_input_sentence=False, max_sentence_length=MAX_SENTENCE_BYTES,
         num_threads=os.cpu_count() or 1, minloglevel=2,
     )
 

@@ -134,3 +134,22 @@ def test_bad_training_arguments_are_clear_errors(corpus, tmp_path):
                                          r"for: set vocab_size=\1"):
         train_tokenizer(corpus.train, tmp_path / "t.model", vocab_size=500, model_type="char")
     assert not (tmp_path / "t.model").exists()
+
+
+def test_documents_longer_than_sentencepieces_line_limit_still_train(tmp_path):
+    """sentencepiece skips training lines over 4192 bytes; ours cuts them at spaces first."""
+    words = [f"w{i}" for i in range(40)]
+    rng = np.random.default_rng(0)
+    doc = " ".join(rng.choice(words, 3000))  # one ~10 KB document
+    tok = tk.train_tokenizer_on_documents(iter([doc]), tmp_path / "w.model", vocab_size=48,  # 40 words, 8 special pieces
+                                          model_type="word")
+    ids = tok.encode(" ".join(words))
+    assert len(ids) == len(words) and tk.UNK_ID not in ids
+
+
+def test_long_lines_are_cut_at_spaces_within_the_limit():
+    line = "ab " * 10 + "é" * 7  # the last word is 14 bytes: cut between characters
+    pieces = list(tk._pieces_of_line(line, limit=8))
+    assert all(len(p.encode()) <= 8 for p in pieces)
+    assert " ".join(pieces).replace(" ", "") == line.replace(" ", "")
+    assert pieces[0] == "ab ab ab"

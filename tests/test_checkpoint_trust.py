@@ -120,3 +120,19 @@ def test_skip_nonfinite_drops_the_update_and_counts_it(setup):
     last, good = _final_state(config, workdir, 5), _final_state(config, workdir, 2)
     assert int(last["step"]) == 5
     _leaves_equal({k: last[k] for k in ("params", "opt_state")}, {k: good[k] for k in ("params", "opt_state")})
+
+
+@pytest.mark.slow
+def test_parameters_overflowed_by_the_learning_rate_are_never_saved(setup):
+    """Step 1's loss and gradients are finite, but a rate of inf in float32 overflows the update."""
+    make, workdir = setup
+    config = make(steps=5, checkpoint_every=1)
+    config.optim = dataclasses.replace(config.optim, learning_rate=1e39, warmup_steps=0, schedule="constant")
+    with pytest.raises(NonFiniteError) as info:
+        train(config, workdir)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("step 1: the parameters are not finite"), message
+    assert f"no checkpoint was saved yet in {workdir / 'checkpoints'}" in message
+    checkpoints = Checkpoints(workdir, use_async=False)
+    assert checkpoints.all_steps() == []
+    checkpoints.close()

@@ -26,7 +26,7 @@ from train.optimizer import make_optimizer
 from train.profiler import StepProfiler
 from train.preemption import Preemption
 from train.state import StateLayout, TrainState, init_state, state_layout
-from train.steps import compile_eval_step, compile_train_step
+from train.steps import compile_eval_step, compile_train_step, params_finite
 
 # Model fields that decide parameter shapes and dtypes; the rest may change on resume.
 _SHAPE_FIELDS = ("vocab_size", "max_len", "hidden", "num_layers", "num_heads", "head_dim",
@@ -133,6 +133,7 @@ def train(config: Config, workdir: pathlib.Path) -> dict[str, float]:
             final = run_eval(done)
             window.started += time.perf_counter() - eval_started  # not training throughput
         if save:
+            guard.check_params(done, params_finite(state["params"]))
             checkpoints.save(done, state, {**meta, "nonfinite_skips": guard.skipped,
                                            "metrics": final if evaluate_now else {}})
         if preempted:
@@ -164,6 +165,8 @@ def _last_good(checkpoints: Checkpoints) -> str:
     checkpoints.wait()
     latest = checkpoints.latest_step()
     checkpoints.close()
+    if latest is None:
+        return f"no checkpoint was saved yet in {checkpoints.directory}"
     return f"last good checkpoint: step {latest} in {checkpoints.directory}"
 
 

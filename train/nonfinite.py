@@ -45,3 +45,12 @@ class NonFiniteGuard:
             f"step {step}: non-finite loss or gradient (loss {loss}); stopped without saving it"
             f"{'; ' + where if where else ''}; lower optim.learning_rate or set "
             "--config.train.skip_nonfinite=true to skip such updates")
+
+    def check_params(self, step: int, finite: Any) -> None:
+        """Raises NonFiniteError when the parameters about to be saved at `step` are not all finite."""
+        if bool(jax.device_get(finite)):
+            return
+        where = self._on_stop()
+        raise NonFiniteError(
+            f"step {step}: the parameters are not finite (the learning rate overflowed them); "
+            f"stopped without saving them{'; ' + where if where else ''}; lower optim.learning_rate")

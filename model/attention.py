@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from model.dropout import dropout
+from model.kv_cache import LAYOUT as CACHE_LAYOUT
 from model.rope import apply_rope
 from model.sharding import constrain, param_init
 
@@ -36,22 +37,21 @@ def attention_mask(segment_ids_q: jax.Array, segment_ids_k: jax.Array, causal: b
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *,
                           dropout_rate: float = 0.0, dropout_key: jax.Array | None = None,
-                          heads_first: bool = False) -> jax.Array:
+                          cache_layout: bool = False) -> jax.Array:
     """softmax(q k^T / sqrt(d)) v with float32 softmax; q [B,L,H,D], k/v [B,S,K,D] -> [B,L,H,D].
 
-    With `heads_first` k/v are [B,K,S,D] (the KV cache's layout, which the matmuls read
-    without transposing).
+    With `cache_layout` k and v are laid out as the KV cache holds them (model/kv_cache.py).
     """
     batch, length, num_heads, head_dim = q.shape
-    num_kv_heads = k.shape[1 if heads_first else 2]
-    kv = "bksd" if heads_first else "bskd"
+    num_kv_heads = k.shape[1 if cache_layout else 2]
+    k_spec, v_spec = (CACHE_LAYOUT["k"], CACHE_LAYOUT["v"]) if cache_layout else ("bskd", "bskd")
     q = q.reshape(batch, length, num_kv_heads, num_heads // num_kv_heads, head_dim)
-    scores = jnp.einsum(f"blkgd,{kv}->bkgls", q, k, preferred_element_type=jnp.float32)
+    scores = jnp.einsum(f"blkgd,{k_spec}->bkgls", q, k, preferred_element_type=jnp.float32)
     scores = scores * (head_dim ** -0.5)
     scores = jnp.where(mask[:, :, None], scores, MASKED_LOGIT)  # mask [B,1,1,L,S]
     probs = jax.nn.softmax(scores, axis=-1)
     probs = dropout(probs, dropout_rate, dropout_key)
-    out = jnp.einsum(f"bkgls,{kv}->blkgd", probs.astype(v.dtype), v)
+    out = jnp.einsum(f"bkgls,{v_spec}->blkgd", probs.astype(v.dtype), v)
     return out.reshape(batch, length, num_heads, head_dim)
 
 
@@ -116,9 +116,9 @@ class Attention(nnx.Module):
         return q, k, v
 
     def combine(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *,
-                dropout_key: jax.Array | None = None, heads_first: bool = False) -> jax.Array:
+                dropout_key: jax.Array | None = None, cache_layout: bool = False) -> jax.Array:
         """Attention of q over (k, v) under a bool mask [B, 1, Lq, S], then the output projection."""
         out = dot_product_attention(q, k, v, mask, dropout_rate=self.dropout_rate, dropout_key=dropout_key,
-                                    heads_first=heads_first)
+                                    cache_layout=cache_layout)
         out = constrain(out, ("act_batch", "act_length", "act_heads", "act_head_dim"))
         return constrain(self.out(out), ("act_batch", "act_length", "act_embed"))

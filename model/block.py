@@ -8,16 +8,11 @@ from flax import nnx
 
 from model.attention import Attention
 from model.config import ModelConfig
+from model.kv_cache import write_cache
 from model.dropout import dropout, site_key
 from model.mlp import Mlp
 from model.norm import LayerNorm, RMSNorm
 from model.sharding import constrain
-
-
-def write_cache(cache: jax.Array, new: jax.Array, index: jax.Array | int) -> jax.Array:
-    """Writes keys or values [B, T, K, D] into slots index.. of one layer's [B, K, S, D] cache."""
-    new = jnp.swapaxes(new, 1, 2).astype(cache.dtype)
-    return jax.lax.dynamic_update_slice(cache, new, (0, 0, index, 0))
 
 
 def _add(x: jax.Array, h: jax.Array) -> jax.Array:
@@ -79,11 +74,11 @@ class DecoderBlock(nnx.Module):
 
     def decode(self, x: jax.Array, positions: jax.Array, cache_k: jax.Array, cache_v: jax.Array,
                index: jax.Array, key_mask: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """New tokens x [B, T, hidden] written at slot `index` of this layer's cache [B, K, S, D]
-        (in place), attending to its slots under `key_mask` [B, T, S]."""
+        """New tokens x [B, T, hidden] written at slot `index` of this layer's cache (in place;
+        model/kv_cache.py), attending to its slots under `key_mask` [B, T, S]."""
         q, k, v = self.attention.project(self.attention_norm(x), positions)
-        cache_k, cache_v = write_cache(cache_k, k, index), write_cache(cache_v, v, index)
-        x = _add(x, self.attention.combine(q, cache_k, cache_v, key_mask[:, None], heads_first=True))
+        cache_k, cache_v = write_cache(cache_k, cache_v, k, v, index)
+        x = _add(x, self.attention.combine(q, cache_k, cache_v, key_mask[:, None], cache_layout=True))
         return self._mlp_residual(x, None), cache_k, cache_v
 
     def _mlp_residual(self, x: jax.Array, key: jax.Array | None) -> jax.Array:

@@ -22,12 +22,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from model.block import DecoderBlock, write_cache
+from model.block import DecoderBlock
 from model.config import ModelConfig
 from model.dropout import layer_keys, site_key
 from model.embeddings import embedding_table, lookup_rows
 from model.fused_block import FusedDecoderBlock
-from model.kv_cache import KVCache
+from model.kv_cache import KVCache, write_cache
 from model.norm import RMSNorm
 from model.sharding import constrain, param_init
 from model.stack import LAYERS_AXIS, create_stack, scan_stack, unstack_layers
@@ -77,7 +77,10 @@ class LlamaLM(nnx.Module):
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Float32 logits [..., vocab] for final hidden states [..., hidden]."""
-        if self.tied:
+        if self.tied and self.decode_layout:  # weight first, as in model/fused_block.py
+            logits = jnp.einsum("vd,...d->...v", self.embed.embedding[...].astype(self.dtype), hidden,
+                                preferred_element_type=jnp.float32)
+        elif self.tied:
             logits = jnp.einsum("...d,vd->...v", hidden, self.embed.embedding[...].astype(self.dtype),
                                 preferred_element_type=jnp.float32)
         else:
@@ -93,7 +96,7 @@ class LlamaLM(nnx.Module):
         cache_k, cache_v = list(cache["k"]), list(cache["v"])
         for i, layer in enumerate(self.blocks()):
             x, k, v = layer(x, segment_ids, positions)
-            cache_k[i], cache_v[i] = write_cache(cache_k[i], k, 0), write_cache(cache_v[i], v, 0)
+            cache_k[i], cache_v[i] = write_cache(cache_k[i], cache_v[i], k, v, 0)
         return self.final_norm(x), {"k": cache_k, "v": cache_v}
 
     def decode(self, tokens: jax.Array, positions: jax.Array, cache: KVCache, index: jax.Array,

@@ -5,19 +5,27 @@ the weights; seven matmuls per layer (q, k, v, out, gate, up, down) become four.
 groups keep tensor parallelism intact: q/k/v are grouped per key/value head
 ([embed, kv_heads, group + 2, head_dim]: that head's queries, then its key and value)
 and gate/up per MLP unit ([embed, 2, mlp]), so sharding the head or MLP axis keeps each
-group on one device. Kernels stay [in, out], the layout XLA:CPU's matrix-vector product
-reads as it lies (held [out, in], each step paid a transposing copy of every kernel). `FusedDecoderBlock.of(block)` builds it from a trained `DecoderBlock`
-(the same numbers, regrouped); training never sees this layout.
+group on one device.
+
+Kernels are held [out, in] and each matmul is written weight first (`W x^T`, then the
+small result transposed): XLA:CPU then streams every kernel row by row as it lies. At 8
+rows per step that form reads weights ~1.7x faster than `x W` with [in, out] kernels
+(and as fast at 1 row); `x W^T` with the same [out, in] kernels sits in between, and a
+kernel whose contracted axis is not its last one gets a transposing copy per step.
+`FusedDecoderBlock(block)` builds it from a trained `DecoderBlock` (the same numbers,
+regrouped); training never sees this layout.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from model.attention import attention_mask, dot_product_attention
-from model.block import DecoderBlock, write_cache
+from model.block import DecoderBlock
+from model.kv_cache import write_cache
 from model.rope import apply_rope
 from model.sharding import constrain, named_param
 
@@ -33,10 +41,10 @@ class FusedDecoderBlock(nnx.Module):
         grouped = q.reshape(hidden, num_kv_heads, num_heads // num_kv_heads, head_dim)
         qkv = jnp.concatenate([grouped, k[:, :, None], v[:, :, None]], axis=2)  # [D, K, G+2, Dh]
         kv_name = "kv_heads" if num_kv_heads != num_heads else "heads"
-        self.qkv = named_param(qkv, ("embed", kv_name, None, "head_dim"))
-        self.out = named_param(attention.out.kernel[...], ("heads", "head_dim", "embed"))
-        self.gate_up = named_param(jnp.stack([mlp.gate.kernel[...], mlp.up.kernel[...]], axis=1), ("embed", None, "mlp"))
-        self.down = named_param(mlp.down.kernel[...], ("mlp", "embed"))
+        self.qkv = named_param(jnp.transpose(qkv, (1, 2, 3, 0)), (kv_name, None, "head_dim", "embed"))  # [K, G+2, Dh, D]
+        self.out = named_param(jnp.transpose(attention.out.kernel[...], (2, 0, 1)), ("embed", "heads", "head_dim"))
+        self.gate_up = named_param(jnp.stack([mlp.gate.kernel[...].T, mlp.up.kernel[...].T]), (None, "mlp", "embed"))
+        self.down = named_param(mlp.down.kernel[...].T, ("embed", "mlp"))
         self.attention_norm, self.mlp_norm = block.attention_norm, block.mlp_norm
         self.kv_act_name = attention.kv_act_name
         self.rope_theta = attention.rope_theta
@@ -48,20 +56,20 @@ class FusedDecoderBlock(nnx.Module):
         del dropout_key
         q, k, v = self._project(x, positions)
         mask = attention_mask(segment_ids, segment_ids, causal=True)
-        return self._mlp_residual(self._attend(x, q, k, v, mask, heads_first=False)), k, v
+        return self._mlp_residual(self._attend(x, q, k, v, mask, cache_layout=False)), k, v
 
     def decode(self, x: jax.Array, positions: jax.Array, cache_k: jax.Array, cache_v: jax.Array,
                index: jax.Array, key_mask: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """As `DecoderBlock.decode`: new tokens written at slot `index` of this layer's cache [B, K, S, D]."""
+        """As `DecoderBlock.decode`: new tokens written at slot `index` of this layer's cache."""
         q, k, v = self._project(x, positions)
-        cache_k, cache_v = write_cache(cache_k, k, index), write_cache(cache_v, v, index)
-        x = self._attend(x, q, cache_k, cache_v, key_mask[:, None], heads_first=True)
+        cache_k, cache_v = write_cache(cache_k, cache_v, k, v, index)
+        x = self._attend(x, q, cache_k, cache_v, key_mask[:, None], cache_layout=True)
         return self._mlp_residual(x), cache_k, cache_v
 
     def _project(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """q [B, L, H, D] and k, v [B, L, K, D], rotated by `positions`."""
         h = self.attention_norm(x)
-        qkv = jnp.einsum("bld,dkgj->blkgj", h, self.qkv[...].astype(self.dtype))
+        qkv = _weight_first(self.qkv[...].astype(self.dtype), h, 1)
         batch, length, num_kv_heads, slots, head_dim = qkv.shape  # slots: the group's queries, key, value
         q = qkv[:, :, :, :slots - 2].reshape(batch, length, num_kv_heads * (slots - 2), head_dim)
         q = constrain(q, ("act_batch", "act_length", "act_heads", "act_head_dim"))
@@ -73,18 +81,27 @@ class FusedDecoderBlock(nnx.Module):
         return q, k, v
 
     def _attend(self, x: jax.Array, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *,
-                heads_first: bool) -> jax.Array:
+                cache_layout: bool) -> jax.Array:
         """x plus the attention output projected back to the residual stream (float32)."""
-        out = dot_product_attention(q, k, v, mask, heads_first=heads_first)
+        out = dot_product_attention(q, k, v, mask, cache_layout=cache_layout)
         out = constrain(out, ("act_batch", "act_length", "act_heads", "act_head_dim"))
-        h = jnp.einsum("blhk,hkd->bld", out, self.out[...].astype(self.dtype))
+        h = _weight_first(self.out[...].astype(self.dtype), out, 2)
         return x.astype(jnp.float32) + constrain(h, ("act_batch", "act_length", "act_embed")).astype(jnp.float32)
 
     def _mlp_residual(self, x: jax.Array) -> jax.Array:
         h = self.mlp_norm(x)
-        gate_up = jnp.einsum("bld,djf->bljf", h, self.gate_up[...].astype(self.dtype)).astype(jnp.float32)
+        gate_up = _weight_first(self.gate_up[...].astype(self.dtype), h, 1).astype(jnp.float32)
         h = jax.nn.silu(gate_up[:, :, 0]) * gate_up[:, :, 1]
         h = constrain(h.astype(self.dtype), ("act_batch", "act_length", "act_mlp"))
-        h = jnp.einsum("blf,fd->bld", h, self.down[...].astype(self.dtype))
+        h = _weight_first(self.down[...].astype(self.dtype), h, 1)
         x = x + constrain(h, ("act_batch", "act_length", "act_embed")).astype(jnp.float32)
         return constrain(x, ("act_batch", "act_length", "act_embed"))
+
+
+def _weight_first(kernel: jax.Array, x: jax.Array, in_dims: int) -> jax.Array:
+    """x [B, L, *in] times kernel [*out, *in] -> [B, L, *out], computed as kernel x^T (see above)."""
+    out_shape, in_shape = kernel.shape[:kernel.ndim - in_dims], kernel.shape[kernel.ndim - in_dims:]
+    w = kernel.reshape(-1, int(np.prod(in_shape)))
+    rows = x.reshape(-1, w.shape[1])
+    y = jnp.einsum("nd,md->nm", w, rows).T
+    return y.reshape(*x.shape[:x.ndim - in_dims], *out_shape)

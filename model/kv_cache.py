@@ -1,14 +1,20 @@
-"""The decoder's KV cache: per-layer keys and values, laid out like activations.
+"""The decoder's KV cache: per-layer keys and values, laid out for attention's matmuls.
 
-    {"k": [layer 0 [batch, kv_heads, length, head_dim], layer 1, ...], "v": same}
+    {"k": [layer 0 [batch, kv_heads, length, head_dim], layer 1, ...],
+     "v": [layer 0 [batch, kv_heads, head_dim, length], layer 1, ...]}
 
 One array per layer, so a decode step reads and writes each layer's cache where it lies
 (slicing a row out of one stacked array copies it on every step). Rows are left-padded by
 the decoding loop, so every row writes step t's key and value at the same index (one
 in-place dynamic_update_slice per layer); which cache slots a query may see is a mask the
-caller passes. Heads come before length so that attention's matmuls read each head's
-[length, head_dim] block as it lies, with no transpose per step. An exported decode step
-takes the cache stacked ([layers, ...]; `stack_cache` / `unstack_cache`).
+caller passes. Values are held [head_dim, length]: XLA:CPU computes both attention
+matmuls with the cache as the left operand (k [length, head_dim] times q, v [head_dim,
+length] times the probabilities), so in this layout both go to its fast matmul library
+with no per-step transpose of the cache; with values [length, head_dim] the probabilities
+times values ran on XLA's generic dot emitter, ~0.7 s of every 128-token batch-8 call of
+the benchmark decoder (benchmarks/decode.py). `LAYOUT` is the one place that says this. An
+exported decode step takes the cache stacked ([layers, ...]; `stack_cache` /
+`unstack_cache`).
 """
 
 from __future__ import annotations
@@ -21,21 +27,42 @@ from model.config import ModelConfig
 KVCache = dict[str, list[jax.Array]]
 
 
-def cache_logical_names(cfg: ModelConfig) -> tuple[str | None, ...]:
-    """Logical names of each layer's cache array: batch over the batch axes, kv heads over tensor."""
-    heads = "act_kv_heads" if cfg.resolved_kv_heads != cfg.num_heads else "act_heads"
-    return ("act_batch", heads, "act_length", "act_head_dim")
+# Each layer's cache array, by axis: b batch, k kv heads, s slots (length), d head_dim.
+LAYOUT = {"k": "bksd", "v": "bkds"}
+_NAMES = {"b": "act_batch", "s": "act_length", "d": "act_head_dim"}
 
 
-def cache_shape(cfg: ModelConfig, batch: int, length: int) -> tuple[int, ...]:
-    """Shape of one layer's k (and v) array for `batch` rows of up to `length` tokens."""
-    return (batch, cfg.resolved_kv_heads, length, cfg.resolved_head_dim)
+def cache_logical_names(cfg: ModelConfig) -> dict[str, tuple[str | None, ...]]:
+    """Logical names of each layer's k and v arrays: batch over the batch axes, kv heads over tensor."""
+    names = {**_NAMES, "k": "act_kv_heads" if cfg.resolved_kv_heads != cfg.num_heads else "act_heads"}
+    return {name: tuple(names[axis] for axis in layout) for name, layout in LAYOUT.items()}
+
+
+def cache_shapes(cfg: ModelConfig, batch: int, length: int) -> dict[str, tuple[int, ...]]:
+    """Shapes of one layer's k and v arrays for `batch` rows of up to `length` tokens."""
+    sizes = {"b": batch, "k": cfg.resolved_kv_heads, "s": length, "d": cfg.resolved_head_dim}
+    return {name: tuple(sizes[axis] for axis in layout) for name, layout in LAYOUT.items()}
+
+
+def num_slots(cache: KVCache) -> int:
+    """The number of token slots in a cache."""
+    return cache["v"][0].shape[LAYOUT["v"].index("s")]
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int) -> KVCache:
     """An empty (zero) cache in the compute dtype."""
-    zeros = jnp.zeros(cache_shape(cfg, batch, length), jnp.dtype(cfg.dtype))
-    return {"k": [zeros] * cfg.num_layers, "v": [zeros] * cfg.num_layers}
+    return {name: [jnp.zeros(shape, jnp.dtype(cfg.dtype))] * cfg.num_layers
+            for name, shape in cache_shapes(cfg, batch, length).items()}
+
+
+def write_cache(cache_k: jax.Array, cache_v: jax.Array, k: jax.Array, v: jax.Array,
+                index: jax.Array | int) -> tuple[jax.Array, jax.Array]:
+    """One layer's cache with keys and values [B, T, K, D] written at slots index..index+T-1."""
+    def write(cache: jax.Array, new: jax.Array, layout: str) -> jax.Array:
+        new = jnp.einsum(f"bskd->{layout}", new).astype(cache.dtype)
+        return jax.lax.dynamic_update_slice(cache, new, tuple(index if axis == "s" else 0 for axis in layout))
+
+    return write(cache_k, k, LAYOUT["k"]), write(cache_v, v, LAYOUT["v"])
 
 
 def stack_cache(cache: KVCache) -> dict[str, jax.Array]:

@@ -83,8 +83,11 @@ def layout(tokens):
     slots = np.arange(tokens.shape[1])[None, :]
     return (slots >= start[:, None]).astype(np.int32), np.maximum(slots - start[:, None], 0).astype(np.int32)
 
-layers, _, kv_heads, _, head_dim = manifest["decode"]["inputs"]["cache_k"]["shape"]
-cache_k = cache_v = np.zeros((layers, rows, kv_heads, cache_length, head_dim), np.float32)
+def zero_cache(name):  # the manifest's shape, its symbols filled in
+    sizes = {"batch": rows, "cache_length": cache_length}
+    return np.zeros([sizes.get(d, d) for d in manifest["decode"]["inputs"][name]["shape"]], np.float32)
+
+cache_k, cache_v = zero_cache("cache_k"), zero_cache("cache_v")
 stepped = []
 for slot in range(length):  # prefill by decode steps
     logits, cache_k, cache_v = decode.call(weights, tokens[:, slot], cache_k, cache_v, np.int32(slot), start)
@@ -97,7 +100,7 @@ extended = np.concatenate([tokens, np.stack(generated, axis=1)], axis=1)
 results = {"stepped": np.stack(stepped, axis=1), "generated": np.stack(generated, axis=1),
            "forward": np.asarray(forward.call(weights, tokens, *layout(tokens))),
            "forward_extended": np.asarray(forward.call(weights, extended, *layout(extended))),
-           "cache_shape": np.asarray(cache_k.shape)}
+           "cache_k_shape": np.asarray(cache_k.shape), "cache_v_shape": np.asarray(cache_v.shape)}
 np.savez(out_file, **results)
 assert not any(m.split(".")[0] in ("model", "train", "data") for m in sys.modules)
 """
@@ -112,6 +115,7 @@ def test_decoder_jax_export_decodes_step_by_step_in_a_fresh_process(tmp_path_fac
     export_jax(CheckpointParams(workdir), tmp_path / "jax")
     manifest = json.loads((tmp_path / "jax" / "manifest.json").read_text())
     assert manifest["decode"]["inputs"]["cache_k"]["shape"] == [2, "batch", 2, "cache_length", 8]
+    assert manifest["decode"]["inputs"]["cache_v"]["shape"] == [2, "batch", 2, 8, "cache_length"]
 
     # Left-padded prompts of 12, 9 and 6 tokens, as train/decoding.py lays them out.
     rng = np.random.default_rng(2)
@@ -120,7 +124,8 @@ def test_decoder_jax_export_decodes_step_by_step_in_a_fresh_process(tmp_path_fac
     tokens[np.arange(12)[None, :] < start[:, None]] = tokenizer.pad_id
     np.savez(tmp_path / "batch.npz", tokens=tokens, start=start)
     served = _serve(_DECODER_SERVER, tmp_path)
-    assert served["cache_shape"].tolist() == [2, 3, 2, 18, 8]
+    assert served["cache_k_shape"].tolist() == [2, 3, 2, 18, 8]
+    assert served["cache_v_shape"].tolist() == [2, 3, 2, 8, 18]
 
     real = np.arange(12)[None, :] >= start[:, None]
     segment_ids = real.astype(np.int32)

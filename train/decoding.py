@@ -20,7 +20,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from model.config import ModelConfig
-from model.kv_cache import KVCache, cache_logical_names, init_cache
+from model.kv_cache import KVCache, cache_logical_names, init_cache, num_slots
 from model.sharding import constrain
 from train.mesh import batch_sharding, replicated, sharding_context
 from train.state import named_shardings, param_shardings as param_shardings_of
@@ -71,7 +71,7 @@ def prefill(model: nnx.Module, cfg: ModelConfig, tokens: jax.Array, lengths: jax
 def decode_one(model: nnx.Module, cfg: ModelConfig, token_B: jax.Array, cache: KVCache, slot: jax.Array,
                start_B: jax.Array) -> tuple[jax.Array, KVCache]:
     """Feeds one token per row, stored at cache `slot`: (logits [B, V], cache)."""
-    slots = jnp.arange(cache["k"][0].shape[2])
+    slots = jnp.arange(num_slots(cache))
     key_mask = ((slots[None, :] >= start_B[:, None]) & (slots[None, :] <= slot))[:, None, :]
     positions = (slot - start_B)[:, None]
     hidden, cache = model.decode(token_B[:, None], positions, cache, slot, key_mask)
@@ -81,7 +81,7 @@ def decode_one(model: nnx.Module, cfg: ModelConfig, token_B: jax.Array, cache: K
 def constrain_cache(cache: KVCache, cfg: ModelConfig) -> KVCache:
     """Pins the cache's layout like the activations (batch over data/fsdp, kv heads over tensor)."""
     names = cache_logical_names(cfg)
-    return {name: [constrain(layer, names) for layer in layers] for name, layers in cache.items()}
+    return {name: [constrain(layer, names[name]) for layer in layers] for name, layers in cache.items()}
 
 
 def sample(logits_BV: jax.Array, key: jax.Array, temperature: jax.Array, top_k: jax.Array,

@@ -29,7 +29,8 @@ import numpy as np
 from flax import nnx
 
 from model.config import ModelConfig
-from model.kv_cache import cache_shape, stack_cache, unstack_cache
+from model.kv_cache import LAYOUT as CACHE_LAYOUT
+from model.kv_cache import cache_shapes, stack_cache, unstack_cache
 from train.decoding import decode_one
 from train.export_hf import export_dtype
 from train.mesh import make_mesh
@@ -91,22 +92,24 @@ def export_decode_step(source: CheckpointParams, platforms: tuple[str, ...],
 
     batch, length = jax.export.symbolic_shape("batch, cache_length")
     rows = jax.ShapeDtypeStruct((batch,), jnp.int32)
-    cache = jax.ShapeDtypeStruct((cfg.num_layers, *cache_shape(cfg, batch, length)), jnp.dtype(cfg.dtype))
+    k, v = (jax.ShapeDtypeStruct((cfg.num_layers, *shape), jnp.dtype(cfg.dtype))
+            for shape in cache_shapes(cfg, batch, length).values())
     slot = jax.ShapeDtypeStruct((), jnp.int32)
-    return jax.export.export(jax.jit(step), platforms=platforms)(weights, rows, cache, cache, slot, rows)
+    return jax.export.export(jax.jit(step), platforms=platforms)(weights, rows, k, v, slot, rows)
 
 
 def _decode_manifest(cfg: ModelConfig) -> dict[str, Any]:
     """How to call decode.jax: its inputs, outputs and the cache layout."""
-    shape = [cfg.num_layers, "batch", cfg.resolved_kv_heads, "cache_length", cfg.resolved_head_dim]
-    cache = {"dtype": cfg.dtype, "shape": shape}  # model/kv_cache.py stack_cache layout
+    sizes = {"b": "batch", "k": cfg.resolved_kv_heads, "s": "cache_length", "d": cfg.resolved_head_dim}
+    k, v = ({"dtype": cfg.dtype, "shape": [cfg.num_layers, *(sizes[axis] for axis in CACHE_LAYOUT[name])]}
+            for name in ("k", "v"))  # model/kv_cache.py, stacked
     return {
         "file": DECODE_FILE,
         "call": "jax.export.deserialize(decode.jax).call(weights, token, cache_k, cache_v, slot, start)",
-        "inputs": {"token": {"dtype": "int32", "shape": ["batch"]}, "cache_k": cache, "cache_v": cache,
+        "inputs": {"token": {"dtype": "int32", "shape": ["batch"]}, "cache_k": k, "cache_v": v,
                    "slot": {"dtype": "int32", "shape": []}, "start": {"dtype": "int32", "shape": ["batch"]}},
-        "outputs": {"logits": {"dtype": "float32", "shape": ["batch", "vocab"]}, "cache_k": cache,
-                    "cache_v": cache},
+        "outputs": {"logits": {"dtype": "float32", "shape": ["batch", "vocab"]}, "cache_k": k,
+                    "cache_v": v},
         "notes": "start a zero cache; rows are left-padded: row b's first real token is at slot start[b] "
                  "(its position 0); each call writes `token` at `slot` (the same for every row) and "
                  "returns the next-token logits; slot < cache_length",

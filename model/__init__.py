@@ -26,7 +26,8 @@ Parameter names (path in `BertMLM`: names; `layers` leads every stacked paramete
     layers     the stacked-layer axis of every parameter under `layers.`
     (decoding) the decoder's decoding layout (model/fused_block.py) regroups each layer as
                qkv (heads or kv_heads, None, 'head_dim', 'embed'), out ('embed','heads','head_dim'),
-               gate_up (None, 'mlp', 'embed'), down ('embed','mlp'): the same names, no new rules
+               gate_up (None, 'mlp', 'embed'), down ('embed','mlp'), an untied lm_head.kernel
+               ('vocab','embed'): the same names, no new rules
     None       the row axis of the position and token-type tables
 
 Activation names: act_batch, act_length, act_embed, act_heads, act_kv_heads,

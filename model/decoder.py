@@ -26,7 +26,7 @@ from model.block import DecoderBlock
 from model.config import ModelConfig
 from model.dropout import layer_keys, site_key
 from model.embeddings import embedding_table, lookup_rows
-from model.fused_block import FusedDecoderBlock
+from model.fused_block import DecodeLMHead, FusedDecoderBlock, weight_first
 from model.kv_cache import KVCache, write_cache
 from model.norm import RMSNorm
 from model.sharding import constrain, param_init
@@ -78,8 +78,8 @@ class LlamaLM(nnx.Module):
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Float32 logits [..., vocab] for final hidden states [..., hidden]."""
         if self.tied and self.decode_layout:  # weight first, as in model/fused_block.py
-            logits = jnp.einsum("vd,...d->...v", self.embed.embedding[...].astype(self.dtype), hidden,
-                                preferred_element_type=jnp.float32)
+            logits = weight_first(self.embed.embedding[...].astype(self.dtype), hidden, 1,
+                                  preferred_element_type=jnp.float32)
         elif self.tied:
             logits = jnp.einsum("...d,vd->...v", hidden, self.embed.embedding[...].astype(self.dtype),
                                 preferred_element_type=jnp.float32)
@@ -128,6 +128,8 @@ class LlamaLM(nnx.Module):
         stacked layout (its scan compiles once for all layers).
         """
         self.layers = nnx.List([FusedDecoderBlock(block) for block in self.blocks()])
+        if not self.tied:
+            self.lm_head = DecodeLMHead(self.lm_head)
 
     def blocks(self) -> list[DecoderBlock | FusedDecoderBlock]:
         """The layers as separate blocks: as held, or static slices of the stacked arrays."""

@@ -13,7 +13,8 @@ rows per step that form reads weights ~1.7x faster than `x W` with [in, out] ker
 (and as fast at 1 row); `x W^T` with the same [out, in] kernels sits in between, and a
 kernel whose contracted axis is not its last one gets a transposing copy per step.
 `FusedDecoderBlock(block)` builds it from a trained `DecoderBlock` (the same numbers,
-regrouped); training never sees this layout.
+regrouped); training never sees this layout. `DecodeLMHead` does the same for an untied
+LM head.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class FusedDecoderBlock(nnx.Module):
     def _project(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """q [B, L, H, D] and k, v [B, L, K, D], rotated by `positions`."""
         h = self.attention_norm(x)
-        qkv = _weight_first(self.qkv[...].astype(self.dtype), h, 1)
+        qkv = weight_first(self.qkv[...].astype(self.dtype), h, 1)
         batch, length, num_kv_heads, slots, head_dim = qkv.shape  # slots: the group's queries, key, value
         q = qkv[:, :, :, :slots - 2].reshape(batch, length, num_kv_heads * (slots - 2), head_dim)
         q = constrain(q, ("act_batch", "act_length", "act_heads", "act_head_dim"))
@@ -85,23 +86,38 @@ class FusedDecoderBlock(nnx.Module):
         """x plus the attention output projected back to the residual stream (float32)."""
         out = dot_product_attention(q, k, v, mask, cache_layout=cache_layout)
         out = constrain(out, ("act_batch", "act_length", "act_heads", "act_head_dim"))
-        h = _weight_first(self.out[...].astype(self.dtype), out, 2)
+        h = weight_first(self.out[...].astype(self.dtype), out, 2)
         return x.astype(jnp.float32) + constrain(h, ("act_batch", "act_length", "act_embed")).astype(jnp.float32)
 
     def _mlp_residual(self, x: jax.Array) -> jax.Array:
         h = self.mlp_norm(x)
-        gate_up = _weight_first(self.gate_up[...].astype(self.dtype), h, 1).astype(jnp.float32)
+        gate_up = weight_first(self.gate_up[...].astype(self.dtype), h, 1).astype(jnp.float32)
         h = jax.nn.silu(gate_up[:, :, 0]) * gate_up[:, :, 1]
         h = constrain(h.astype(self.dtype), ("act_batch", "act_length", "act_mlp"))
-        h = _weight_first(self.down[...].astype(self.dtype), h, 1)
+        h = weight_first(self.down[...].astype(self.dtype), h, 1)
         x = x + constrain(h, ("act_batch", "act_length", "act_embed")).astype(jnp.float32)
         return constrain(x, ("act_batch", "act_length", "act_embed"))
 
 
-def _weight_first(kernel: jax.Array, x: jax.Array, in_dims: int) -> jax.Array:
-    """x [B, L, *in] times kernel [*out, *in] -> [B, L, *out], computed as kernel x^T (see above)."""
+class DecodeLMHead(nnx.Module):
+    """An untied LM head held [vocab, embed] for decoding: logits = kernel h^T (see above)."""
+
+    def __init__(self, head: nnx.Linear):
+        self.kernel = named_param(head.kernel[...].T, ("vocab", "embed"))
+        self.dtype = head.dtype
+
+    def __call__(self, hidden: jax.Array) -> jax.Array:
+        return weight_first(self.kernel[...].astype(self.dtype), hidden, 1, preferred_element_type=jnp.float32)
+
+
+def weight_first(kernel: jax.Array, x: jax.Array, in_dims: int, preferred_element_type=None) -> jax.Array:
+    """x [..., *in] times kernel [*out, *in] -> [..., *out], computed as kernel x^T (see above).
+
+    Both sides are reshaped to 2-D first: given the multi-axis einsum, XLA swapped the
+    operands back and copied the kernel at every step.
+    """
     out_shape, in_shape = kernel.shape[:kernel.ndim - in_dims], kernel.shape[kernel.ndim - in_dims:]
     w = kernel.reshape(-1, int(np.prod(in_shape)))
     rows = x.reshape(-1, w.shape[1])
-    y = jnp.einsum("nd,md->nm", w, rows).T
+    y = jnp.einsum("nd,md->nm", w, rows, preferred_element_type=preferred_element_type).T
     return y.reshape(*x.shape[:x.ndim - in_dims], *out_shape)

@@ -52,9 +52,9 @@ def test_one_compile_per_bucket():
     assert sorted(compiles) == ["jit(decode_params)", "jit(generate)"]
 
 
-def _greedy_by_recompute(params, prompt):
+def _greedy_by_recompute(params, prompt, cfg=CFG):
     """Greedy decoding that reruns the whole sequence through the model at every step (no cache)."""
-    graphdef = nnx.graphdef(model_factory(CFG)(0))
+    graphdef = nnx.graphdef(model_factory(cfg)(0))
     # Right-padded to one length (one compile); causal attention keeps padding out of the prefix.
     forward = jax.jit(lambda p, ids, seg: nnx.merge(graphdef, p)(ids, seg, jnp.arange(32)[None]))
     tokens = list(prompt)
@@ -68,13 +68,15 @@ def _greedy_by_recompute(params, prompt):
     return tokens[len(prompt):]
 
 
-def test_greedy_with_cache_equals_recompute():
-    params, generate = _generator((1, 1, 1), jax.devices()[:1])
+@pytest.mark.parametrize("tied", [True, False])  # untied: the decode layout's own LM head
+def test_greedy_with_cache_equals_recompute(tied):
+    cfg = dataclasses.replace(CFG, tie_embeddings=tied)
+    params, generate = _generator((1, 1, 1), jax.devices()[:1], cfg)
     prompts = left_pad(PROMPTS, 8, PAD)
     got = _rows(generate(params, prompts.tokens, prompts.lengths))
     host_params = jax.device_get(params)
     for prompt, row in zip(PROMPTS, got):
-        assert row == _greedy_by_recompute(host_params, prompt)
+        assert row == _greedy_by_recompute(host_params, prompt, cfg)
 
 
 def test_eight_devices_equal_one_device():

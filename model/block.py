@@ -8,8 +8,8 @@ from flax import nnx
 
 from model.attention import Attention
 from model.config import ModelConfig
-from model.kv_cache import write_cache
 from model.dropout import dropout, site_key
+from model.kv_cache import write_cache
 from model.mlp import Mlp
 from model.norm import LayerNorm, RMSNorm
 from model.sharding import constrain

@@ -3,8 +3,8 @@
 A decode step multiplies one token per row by every weight, so it is bound by reading
 the weights; seven matmuls per layer (q, k, v, out, gate, up, down) become four. The
 groups keep tensor parallelism intact: q/k/v are grouped per key/value head
-([embed, kv_heads, group + 2, head_dim]: that head's queries, then its key and value)
-and gate/up per MLP unit ([embed, 2, mlp]), so sharding the head or MLP axis keeps each
+([kv_heads, group + 2, head_dim, embed]: that head's queries, then its key and value)
+and gate/up per MLP unit ([2, mlp, embed]), so sharding the head or MLP axis keeps each
 group on one device.
 
 Kernels are held [out, in] and each matmul is written weight first (`W x^T`, then the

@@ -19,6 +19,8 @@ exported decode step takes the cache stacked ([layers, ...]; `stack_cache` /
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
@@ -38,8 +40,11 @@ def cache_logical_names(cfg: ModelConfig) -> dict[str, tuple[str | None, ...]]:
     return {name: tuple(names[axis] for axis in layout) for name, layout in LAYOUT.items()}
 
 
-def cache_shapes(cfg: ModelConfig, batch: int, length: int) -> dict[str, tuple[int, ...]]:
-    """Shapes of one layer's k and v arrays for `batch` rows of up to `length` tokens."""
+def cache_shapes(cfg: ModelConfig, batch: Any, length: Any) -> dict[str, tuple[Any, ...]]:
+    """Shapes of one layer's k and v arrays for `batch` rows of up to `length` tokens.
+
+    `batch` and `length` may be ints, symbolic dimensions or names (for a manifest).
+    """
     sizes = {"b": batch, "k": cfg.resolved_kv_heads, "s": length, "d": cfg.resolved_head_dim}
     return {name: tuple(sizes[axis] for axis in layout) for name, layout in LAYOUT.items()}
 

@@ -93,18 +93,26 @@ def _huge_lr(make, **train_fields):
     return config
 
 
+def _stopped_run(config, workdir) -> tuple[str, list[int]]:
+    """Runs training that must stop on a non-finite value: (its one-line message, the saved steps)."""
+    with pytest.raises(NonFiniteError) as info:
+        train(config, workdir)
+    message = str(info.value)
+    assert "\n" not in message, message
+    checkpoints = Checkpoints(workdir, use_async=False)
+    saved = sorted(checkpoints.all_steps())
+    checkpoints.close()
+    return message, saved
+
+
 @pytest.mark.slow
 def test_a_non_finite_step_stops_the_run_and_keeps_the_good_checkpoint(setup):
     make, workdir = setup
     config = _huge_lr(make)
-    with pytest.raises(NonFiniteError) as info:
-        train(config, workdir)
-    message = str(info.value)
-    assert "\n" not in message and message.startswith("step 3: non-finite loss or gradient"), message
+    message, saved = _stopped_run(config, workdir)
+    assert message.startswith("step 3: non-finite loss or gradient"), message
     assert f"last good checkpoint: step 2 in {workdir / 'checkpoints'}" in message
-    checkpoints = Checkpoints(workdir, use_async=False)
-    assert sorted(checkpoints.all_steps()) == [1, 2], "the NaN state must never be saved"
-    checkpoints.close()
+    assert saved == [1, 2], "the NaN state must never be saved"
     state = _final_state(config, workdir, 2)
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state))
 
@@ -128,11 +136,7 @@ def test_parameters_overflowed_by_the_learning_rate_are_never_saved(setup):
     make, workdir = setup
     config = make(steps=5, checkpoint_every=1)
     config.optim = dataclasses.replace(config.optim, learning_rate=1e39, warmup_steps=0, schedule="constant")
-    with pytest.raises(NonFiniteError) as info:
-        train(config, workdir)
-    message = str(info.value)
-    assert "\n" not in message and message.startswith("step 1: the parameters are not finite"), message
+    message, saved = _stopped_run(config, workdir)
+    assert message.startswith("step 1: the parameters are not finite"), message
     assert f"no checkpoint was saved yet in {workdir / 'checkpoints'}" in message
-    checkpoints = Checkpoints(workdir, use_async=False)
-    assert checkpoints.all_steps() == []
-    checkpoints.close()
+    assert saved == []

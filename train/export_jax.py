@@ -29,7 +29,6 @@ import numpy as np
 from flax import nnx
 
 from model.config import ModelConfig
-from model.kv_cache import LAYOUT as CACHE_LAYOUT
 from model.kv_cache import cache_shapes, stack_cache, unstack_cache
 from train.decoding import decode_one
 from train.export_hf import export_dtype
@@ -100,9 +99,8 @@ def export_decode_step(source: CheckpointParams, platforms: tuple[str, ...],
 
 def _decode_manifest(cfg: ModelConfig) -> dict[str, Any]:
     """How to call decode.jax: its inputs, outputs and the cache layout."""
-    sizes = {"b": "batch", "k": cfg.resolved_kv_heads, "s": "cache_length", "d": cfg.resolved_head_dim}
-    k, v = ({"dtype": cfg.dtype, "shape": [cfg.num_layers, *(sizes[axis] for axis in CACHE_LAYOUT[name])]}
-            for name in ("k", "v"))  # model/kv_cache.py, stacked
+    k, v = ({"dtype": cfg.dtype, "shape": [cfg.num_layers, *shape]}  # model/kv_cache.py, stacked
+            for shape in cache_shapes(cfg, "batch", "cache_length").values())
     return {
         "file": DECODE_FILE,
         "call": "jax.export.deserialize(decode.jax).call(weights, token, cache_k, cache_v, slot, start)",

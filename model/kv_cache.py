@@ -9,10 +9,11 @@ the decoding loop, so every row writes step t's key and value at the same index 
 in-place dynamic_update_slice per layer); which cache slots a query may see is a mask the
 caller passes. Values are held [head_dim, length]: XLA:CPU computes both attention
 matmuls with the cache as the left operand (k [length, head_dim] times q, v [head_dim,
-length] times the probabilities), so in this layout both go to its fast matmul library
-with no per-step transpose of the cache; with values [length, head_dim] the probabilities
-times values ran on XLA's generic dot emitter, ~0.7 s of every 128-token batch-8 call of
-the benchmark decoder (benchmarks/decode.py). `LAYOUT` is the one place that says this. An
+length] times the probabilities), so in this layout both go to its fast matmul library;
+with values [length, head_dim] the probabilities times values ran on XLA's generic dot
+emitter, ~0.7 s of every 128-token batch-8 call of the benchmark decoder
+(benchmarks/decode.py). At batch 1 XLA still copies each layer's cache once per step
+(in every layout tried: a few percent of a step). `LAYOUT` is the one place that says this. An
 exported decode step takes the cache stacked ([layers, ...]; `stack_cache` /
 `unstack_cache`).
 """
@@ -71,7 +72,7 @@ def write_cache(cache_k: jax.Array, cache_v: jax.Array, k: jax.Array, v: jax.Arr
 
 
 def stack_cache(cache: KVCache) -> dict[str, jax.Array]:
-    """The cache as two [layers, batch, kv_heads, length, head_dim] arrays."""
+    """The cache as two arrays, [layers, *one layer's shape] (see `LAYOUT`)."""
     return {name: jnp.stack(layers) for name, layers in cache.items()}
 
 

@@ -1,9 +1,10 @@
-"""NaN and Inf: the step computes a finiteness flag; the loop reads it with the metrics.
+"""NaN and Inf: the step flags a non-finite loss or gradient; the loop reads it with the metrics.
 
 The flag rides along with the metrics that the loop fetches one step late anyway, so the
-check costs no extra host sync. A save always fetches its own step's metrics first, so a
-non-finite state is never written: the run stops (or, when configured, the jitted step
-has already dropped the update and the loop counts it).
+check costs no extra host sync. A save always fetches its own step's metrics first and
+checks the parameters themselves (`check_params`, one pass per save), so a non-finite
+state is never written: the run stops (or, when configured, the jitted step has already
+dropped the update and the loop counts it).
 """
 
 from __future__ import annotations

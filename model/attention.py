@@ -36,22 +36,41 @@ def attention_mask(segment_ids_q: jax.Array, segment_ids_k: jax.Array, causal: b
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *,
-                          dropout_rate: float = 0.0, dropout_key: jax.Array | None = None,
-                          cache_layout: bool = False) -> jax.Array:
-    """softmax(q k^T / sqrt(d)) v with float32 softmax; q [B,L,H,D], k/v [B,S,K,D] -> [B,L,H,D].
-
-    With `cache_layout` k and v are laid out as the KV cache holds them (model/kv_cache.py).
-    """
+                          dropout_rate: float = 0.0, dropout_key: jax.Array | None = None) -> jax.Array:
+    """softmax(q k^T / sqrt(d)) v with float32 softmax; q [B,L,H,D], k/v [B,S,K,D] -> [B,L,H,D]."""
     batch, length, num_heads, head_dim = q.shape
-    num_kv_heads = k.shape[1 if cache_layout else 2]
-    k_spec, v_spec = (CACHE_LAYOUT["k"], CACHE_LAYOUT["v"]) if cache_layout else ("bskd", "bskd")
-    q = q.reshape(batch, length, num_kv_heads, num_heads // num_kv_heads, head_dim)
-    scores = jnp.einsum(f"blkgd,{k_spec}->bkgls", q, k, preferred_element_type=jnp.float32)
+    q = q.reshape(batch, length, k.shape[2], num_heads // k.shape[2], head_dim)
+    scores = jnp.einsum("blkgd,bskd->bkgls", q, k, preferred_element_type=jnp.float32)
     scores = scores * (head_dim ** -0.5)
     scores = jnp.where(mask[:, :, None], scores, MASKED_LOGIT)  # mask [B,1,1,L,S]
     probs = jax.nn.softmax(scores, axis=-1)
     probs = dropout(probs, dropout_rate, dropout_key)
-    out = jnp.einsum(f"bkgls,{v_spec}->blkgd", probs.astype(v.dtype), v)
+    out = jnp.einsum("bkgls,bskd->blkgd", probs.astype(v.dtype), v)
+    return out.reshape(batch, length, num_heads, head_dim)
+
+
+def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache_k: jax.Array, cache_v: jax.Array,
+                     cache_mask: jax.Array) -> jax.Array:
+    """Attention of new tokens over a KV cache and, causally, over themselves -> [B,T,H,D].
+
+    q [B,T,H,D]; the new tokens' own k, v [B,T,K,D] are not in the cache yet; one softmax
+    runs over the cache slots `cache_mask` [B,T,S] allows, then the new tokens. The cache
+    is only read here (layout: model/kv_cache.py): the caller writes k and v into it
+    afterwards, so the write is the cache's last use and XLA updates it in place (attending
+    to the cache after writing made XLA copy every layer's cache at every step).
+    """
+    batch, length, num_heads, head_dim = q.shape
+    q = q.reshape(batch, length, k.shape[2], num_heads // k.shape[2], head_dim)
+    cached = jnp.einsum(f"btkgd,{CACHE_LAYOUT['k']}->bkgts", q, cache_k, preferred_element_type=jnp.float32)
+    new = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    causal = jnp.arange(length)[:, None] >= jnp.arange(length)[None, :]
+    scale = head_dim ** -0.5
+    scores = jnp.concatenate([jnp.where(cache_mask[:, None, None], cached * scale, MASKED_LOGIT),
+                              jnp.where(causal, new * scale, MASKED_LOGIT)], axis=-1)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    slots = cache_k.shape[CACHE_LAYOUT["k"].index("s")]
+    out = (jnp.einsum(f"bkgts,{CACHE_LAYOUT['v']}->btkgd", probs[..., :slots], cache_v)
+           + jnp.einsum("bkgts,bskd->btkgd", probs[..., slots:], v))
     return out.reshape(batch, length, num_heads, head_dim)
 
 
@@ -116,9 +135,12 @@ class Attention(nnx.Module):
         return q, k, v
 
     def combine(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *,
-                dropout_key: jax.Array | None = None, cache_layout: bool = False) -> jax.Array:
+                dropout_key: jax.Array | None = None) -> jax.Array:
         """Attention of q over (k, v) under a bool mask [B, 1, Lq, S], then the output projection."""
-        out = dot_product_attention(q, k, v, mask, dropout_rate=self.dropout_rate, dropout_key=dropout_key,
-                                    cache_layout=cache_layout)
+        out = dot_product_attention(q, k, v, mask, dropout_rate=self.dropout_rate, dropout_key=dropout_key)
+        return self.project_out(out)
+
+    def project_out(self, out: jax.Array) -> jax.Array:
+        """Attention outputs [B, L, H, D] -> [B, L, hidden]."""
         out = constrain(out, ("act_batch", "act_length", "act_heads", "act_head_dim"))
         return constrain(self.out(out), ("act_batch", "act_length", "act_embed"))

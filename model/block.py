@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from model.attention import Attention
+from model.attention import Attention, cached_attention
 from model.config import ModelConfig
 from model.dropout import dropout, site_key
 from model.kv_cache import write_cache
@@ -74,11 +74,13 @@ class DecoderBlock(nnx.Module):
 
     def decode(self, x: jax.Array, positions: jax.Array, cache_k: jax.Array, cache_v: jax.Array,
                index: jax.Array, key_mask: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """New tokens x [B, T, hidden] written at slot `index` of this layer's cache (in place;
-        model/kv_cache.py), attending to its slots under `key_mask` [B, T, S]."""
+        """New tokens x [B, T, hidden] attending to the cache slots `key_mask` [B, T, S] allows
+        and to each other, then written at slot `index` of this layer's cache (in place;
+        model/kv_cache.py)."""
         q, k, v = self.attention.project(self.attention_norm(x), positions)
-        cache_k, cache_v = write_cache(cache_k, cache_v, k, v, index)
-        x = _add(x, self.attention.combine(q, cache_k, cache_v, key_mask[:, None], cache_layout=True))
+        out = cached_attention(q, k, v, cache_k, cache_v, key_mask)
+        x = _add(x, self.attention.project_out(out))
+        cache_k, cache_v = write_cache(cache_k, cache_v, k, v, index, after=out)
         return self._mlp_residual(x, None), cache_k, cache_v
 
     def _mlp_residual(self, x: jax.Array, key: jax.Array | None) -> jax.Array:

@@ -103,7 +103,8 @@ class LlamaLM(nnx.Module):
                key_mask: jax.Array) -> tuple[jax.Array, KVCache]:
         """Hidden states [B, T, hidden] of new tokens [B, T] stored at cache slot `index`.
 
-        `key_mask` bool [B, T, S] says which cache slots (after the write) each new token sees.
+        `key_mask` bool [B, T, S] says which cache slots each new token sees (the new tokens
+        see each other causally; their own slots need not be in it).
         The layers run unrolled, each writing its key and value into its cache in place (a
         scan would copy every layer's cache and weights out of stacked arrays).
         """

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from model.attention import attention_mask, dot_product_attention
+from model.attention import attention_mask, cached_attention, dot_product_attention
 from model.block import DecoderBlock
 from model.kv_cache import write_cache
 from model.rope import apply_rope
@@ -57,14 +57,15 @@ class FusedDecoderBlock(nnx.Module):
         del dropout_key
         q, k, v = self._project(x, positions)
         mask = attention_mask(segment_ids, segment_ids, causal=True)
-        return self._mlp_residual(self._attend(x, q, k, v, mask, cache_layout=False)), k, v
+        return self._mlp_residual(self._residual_attention(x, dot_product_attention(q, k, v, mask))), k, v
 
     def decode(self, x: jax.Array, positions: jax.Array, cache_k: jax.Array, cache_v: jax.Array,
                index: jax.Array, key_mask: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """As `DecoderBlock.decode`: new tokens written at slot `index` of this layer's cache."""
+        """As `DecoderBlock.decode`: attend to the cache and the new tokens, then write them at slot `index`."""
         q, k, v = self._project(x, positions)
-        cache_k, cache_v = write_cache(cache_k, cache_v, k, v, index)
-        x = self._attend(x, q, cache_k, cache_v, key_mask[:, None], cache_layout=True)
+        out = cached_attention(q, k, v, cache_k, cache_v, key_mask)
+        x = self._residual_attention(x, out)
+        cache_k, cache_v = write_cache(cache_k, cache_v, k, v, index, after=out)
         return self._mlp_residual(x), cache_k, cache_v
 
     def _project(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -81,10 +82,8 @@ class FusedDecoderBlock(nnx.Module):
             q, k = apply_rope(q, positions, self.rope_theta), apply_rope(k, positions, self.rope_theta)
         return q, k, v
 
-    def _attend(self, x: jax.Array, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *,
-                cache_layout: bool) -> jax.Array:
-        """x plus the attention output projected back to the residual stream (float32)."""
-        out = dot_product_attention(q, k, v, mask, cache_layout=cache_layout)
+    def _residual_attention(self, x: jax.Array, out: jax.Array) -> jax.Array:
+        """x plus the attention output [B, L, H, D] projected back to the residual stream (float32)."""
         out = constrain(out, ("act_batch", "act_length", "act_heads", "act_head_dim"))
         h = weight_first(self.out[...].astype(self.dtype), out, 2)
         return x.astype(jnp.float32) + constrain(h, ("act_batch", "act_length", "act_embed")).astype(jnp.float32)

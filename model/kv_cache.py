@@ -5,17 +5,17 @@
 
 One array per layer, so a decode step reads and writes each layer's cache where it lies
 (slicing a row out of one stacked array copies it on every step). Rows are left-padded by
-the decoding loop, so every row writes step t's key and value at the same index (one
-in-place dynamic_update_slice per layer); which cache slots a query may see is a mask the
-caller passes. Values are held [head_dim, length]: XLA:CPU computes both attention
-matmuls with the cache as the left operand (k [length, head_dim] times q, v [head_dim,
-length] times the probabilities), so in this layout both go to its fast matmul library;
-with values [length, head_dim] the probabilities times values ran on XLA's generic dot
-emitter, ~0.7 s of every 128-token batch-8 call of the benchmark decoder
-(benchmarks/decode.py). At batch 1 XLA still copies each layer's cache once per step
-(in every layout tried: a few percent of a step). `LAYOUT` is the one place that says this. An
-exported decode step takes the cache stacked ([layers, ...]; `stack_cache` /
-`unstack_cache`).
+the decoding loop, so every row writes step t's key and value at the same index: one
+in-place dynamic_update_slice per layer, after that step's attention has read the cache
+(`write_cache`). Which cache slots a query may see is a mask the caller passes.
+
+Values are held [head_dim, length]: XLA:CPU computes both attention matmuls with the
+cache as the left operand (k [length, head_dim] times q, v [head_dim, length] times the
+probabilities), so in this layout both go to its fast matmul library; with values
+[length, head_dim] the probabilities times values ran on XLA's generic dot emitter,
+~0.7 s of every 128-token batch-8 call of the benchmark decoder (benchmarks/decode.py).
+`LAYOUT` is the one place that says this. An exported decode step takes the cache
+stacked ([layers, ...]; `stack_cache` / `unstack_cache`).
 """
 
 from __future__ import annotations
@@ -61,9 +61,21 @@ def init_cache(cfg: ModelConfig, batch: int, length: int) -> KVCache:
             for name, shape in cache_shapes(cfg, batch, length).items()}
 
 
-def write_cache(cache_k: jax.Array, cache_v: jax.Array, k: jax.Array, v: jax.Array,
-                index: jax.Array | int) -> tuple[jax.Array, jax.Array]:
-    """One layer's cache with keys and values [B, T, K, D] written at slots index..index+T-1."""
+def write_cache(cache_k: jax.Array, cache_v: jax.Array, k: jax.Array, v: jax.Array, index: jax.Array | int, *,
+                after: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """One layer's cache with keys and values [B, T, K, D] written at slots index..index+T-1.
+
+    `after`, the attention output [B, T, H, D] that read this cache, orders the write
+    after those reads: XLA updates the cache in place only when its copy-insertion pass
+    can see that order in the data, so k and v gain `0 * after` (one element per row and
+    kv head; floats do not fold it away). Without it, XLA copied every layer's cache
+    twice per decode step.
+    """
+    if after is not None:
+        batch, length, num_kv_heads, _ = k.shape
+        zero = 0.0 * after.reshape(batch, length, num_kv_heads, -1)[..., :1]
+        k, v = k + zero.astype(k.dtype), v + zero.astype(v.dtype)
+
     def write(cache: jax.Array, new: jax.Array, layout: str) -> jax.Array:
         new = jnp.einsum(f"bskd->{layout}", new).astype(cache.dtype)
         return jax.lax.dynamic_update_slice(cache, new, tuple(index if axis == "s" else 0 for axis in layout))

@@ -25,7 +25,7 @@ def test_fused_block_matches_the_block_in_prefill_and_decode(num_kv_heads):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
 
     cache = jnp.zeros((2, num_kv_heads, 8, 8))
-    mask = (jnp.arange(8) <= 3)[None, None, :].repeat(2, axis=0)
+    mask = (jnp.arange(8) < 3)[None, None, :].repeat(2, axis=0)
     step = (x[:, :1], positions[:, :1] + 3, cache, cache + 1.0, jnp.int32(3), mask)
     for want, got in zip(block.decode(*step), fused.decode(*step)):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)

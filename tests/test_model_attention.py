@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from model.attention import Attention, attention_mask, dot_product_attention
+from model.attention import Attention, attention_mask, cached_attention, dot_product_attention
+from model.kv_cache import write_cache
 
 
 def test_mask_keeps_documents_apart_and_padding_to_itself():
@@ -57,3 +58,22 @@ def test_grouped_causal_attention_module():
     assert out.shape == (1, 6, 16)
     np.testing.assert_allclose(out_changed[0, :5], out[0, :5], atol=1e-6)  # nothing sees the future
     assert not np.allclose(out_changed[0, 5], out[0, 5], atol=1e-4)
+
+
+def test_cached_attention_equals_attention_over_the_whole_row():
+    """Three new tokens over a cache holding a row's first five (slot 0 is left padding), then the write."""
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(2, 8, 4, 8)).astype(np.float32)
+    k, v = rng.normal(size=(2, 2, 8, 2, 8)).astype(np.float32)
+    segments = jnp.asarray([[0, 1, 1, 1, 1, 1, 1, 1], [1] * 8], jnp.int32)
+    full = dot_product_attention(q, k, v, attention_mask(segments, segments, causal=True))
+    empty = jnp.zeros((2, 2, 8, 8))
+    cache_k, cache_v = write_cache(empty, empty, k[:, :5], v[:, :5], 0)
+    visible = (segments[:, :] == 1) & (jnp.arange(8) < 5)  # filled slots of real tokens
+    cache_mask = jnp.broadcast_to(visible[:, None], (2, 3, 8))
+    out = cached_attention(q[:, 5:], k[:, 5:], v[:, 5:], cache_k, cache_v, cache_mask)
+    np.testing.assert_allclose(out, full[:, 5:], atol=1e-5)
+    after_k, after_v = write_cache(cache_k, cache_v, k[:, 5:], v[:, 5:], 5, after=out)
+    whole_k, whole_v = write_cache(empty, empty, k, v, 0)
+    np.testing.assert_array_equal(after_k, whole_k)
+    np.testing.assert_array_equal(after_v, whole_v)

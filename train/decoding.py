@@ -72,7 +72,7 @@ def decode_one(model: nnx.Module, cfg: ModelConfig, token_B: jax.Array, cache: K
                start_B: jax.Array) -> tuple[jax.Array, KVCache]:
     """Feeds one token per row, stored at cache `slot`: (logits [B, V], cache)."""
     slots = jnp.arange(num_slots(cache))
-    key_mask = ((slots[None, :] >= start_B[:, None]) & (slots[None, :] <= slot))[:, None, :]
+    key_mask = ((slots[None, :] >= start_B[:, None]) & (slots[None, :] < slot))[:, None, :]
     positions = (slot - start_B)[:, None]
     hidden, cache = model.decode(token_B[:, None], positions, cache, slot, key_mask)
     return model.logits(hidden[:, 0]), constrain_cache(cache, cfg)

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from model.config import ModelConfig
-from train.decoding import compile_generate, left_pad
+from train.decoding import compile_generate, first_argmax, left_pad
 from train.mesh import make_mesh
 from train.state import model_factory, param_shardings
 
@@ -98,6 +98,14 @@ def test_stops_at_eos_and_sampling_respects_top_k():
     np.testing.assert_array_equal(np.asarray(out["tokens"]), greedy)  # top-1 sampling is greedy
     for row, n in zip(np.asarray(out["tokens"]), np.asarray(out["num_generated"])):
         assert (row[n:] == PAD).all() and (n == NEW or row[n - 1] == EOS)
+
+
+def test_first_argmax_is_argmax_with_ties_and_nan():
+    logits = np.random.default_rng(0).normal(size=(5, 300)).astype(np.float32)
+    logits[1, [7, 200]] = 9.0  # a tie: the first wins
+    logits[2, [4, 250]] = np.nan  # NaN: the first NaN, as jnp.argmax
+    logits[3] = -np.inf
+    np.testing.assert_array_equal(first_argmax(jnp.asarray(logits)), jnp.argmax(jnp.asarray(logits), axis=-1))
 
 
 def _sequence_log_prob(params, prompt, generated):

@@ -1,7 +1,7 @@
-"""The decoder's KV cache: per-layer keys and values, laid out for attention's matmuls.
+"""The decoder's KV cache: per-layer keys and values, laid out for the decode step's attention.
 
-    {"k": [layer 0 [batch, kv_heads, length, head_dim], layer 1, ...],
-     "v": [layer 0 [batch, kv_heads, head_dim, length], layer 1, ...]}
+    {"k": [layer 0 [batch, kv_heads, head_dim, length], layer 1, ...],
+     "v": [layer 0 [batch, kv_heads, length, head_dim], layer 1, ...]}
 
 One array per layer, so a decode step reads and writes each layer's cache where it lies
 (slicing a row out of one stacked array copies it on every step). Rows are left-padded by
@@ -9,11 +9,12 @@ the decoding loop, so every row writes step t's key and value at the same index:
 in-place dynamic_update_slice per layer, after that step's attention has read the cache
 (`write_cache`). Which cache slots a query may see is a mask the caller passes.
 
-Values are held [head_dim, length]: XLA:CPU computes both attention matmuls with the
-cache as the left operand (k [length, head_dim] times q, v [head_dim, length] times the
-probabilities), so in this layout both go to its fast matmul library; with values
-[length, head_dim] the probabilities times values ran on XLA's generic dot emitter,
-~0.7 s of every 128-token batch-8 call of the benchmark decoder (benchmarks/decode.py).
+Keys are held [head_dim, length] and values [length, head_dim]: a decode step's
+attention then sums over each cache's non-minor axis (model/attention.py
+`cached_attention`), in loops XLA:CPU vectorizes along the contiguous minor axis. In the
+benchmark decoder's loop (benchmarks/decode.py: 3 query heads per kv head, 160 slots)
+that took ~20% less time at batch 8 than batched matmuls over the transposed layout
+(M=3 matmuls per row and head: 375 vs 490 us per layer), and about the same at batch 1.
 `LAYOUT` is the one place that says this. An exported decode step takes the cache
 stacked ([layers, ...]; `stack_cache` / `unstack_cache`).
 """
@@ -31,7 +32,7 @@ KVCache = dict[str, list[jax.Array]]
 
 
 # Each layer's cache array, by axis: b batch, k kv heads, s slots (length), d head_dim.
-LAYOUT = {"k": "bksd", "v": "bkds"}
+LAYOUT = {"k": "bkds", "v": "bksd"}
 _NAMES = {"b": "act_batch", "s": "act_length", "d": "act_head_dim"}
 
 

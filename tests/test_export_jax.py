@@ -114,8 +114,8 @@ def test_decoder_jax_export_decodes_step_by_step_in_a_fresh_process(tmp_path_fac
     workdir = write_checkpoint(tmp_path / "work", config, params, tokenizer, mesh_shape=(2, 2, 2))
     export_jax(CheckpointParams(workdir), tmp_path / "jax")
     manifest = json.loads((tmp_path / "jax" / "manifest.json").read_text())
-    assert manifest["decode"]["inputs"]["cache_k"]["shape"] == [2, "batch", 2, "cache_length", 8]
-    assert manifest["decode"]["inputs"]["cache_v"]["shape"] == [2, "batch", 2, 8, "cache_length"]
+    assert manifest["decode"]["inputs"]["cache_k"]["shape"] == [2, "batch", 2, 8, "cache_length"]
+    assert manifest["decode"]["inputs"]["cache_v"]["shape"] == [2, "batch", 2, "cache_length", 8]
 
     # Left-padded prompts of 12, 9 and 6 tokens, as train/decoding.py lays them out.
     rng = np.random.default_rng(2)
@@ -124,8 +124,8 @@ def test_decoder_jax_export_decodes_step_by_step_in_a_fresh_process(tmp_path_fac
     tokens[np.arange(12)[None, :] < start[:, None]] = tokenizer.pad_id
     np.savez(tmp_path / "batch.npz", tokens=tokens, start=start)
     served = _serve(_DECODER_SERVER, tmp_path)
-    assert served["cache_k_shape"].tolist() == [2, 3, 2, 18, 8]
-    assert served["cache_v_shape"].tolist() == [2, 3, 2, 8, 18]
+    assert served["cache_k_shape"].tolist() == [2, 3, 2, 8, 18]
+    assert served["cache_v_shape"].tolist() == [2, 3, 2, 18, 8]
 
     real = np.arange(12)[None, :] >= start[:, None]
     segment_ids = real.astype(np.int32)

@@ -69,8 +69,9 @@ def write_cache(cache_k: jax.Array, cache_v: jax.Array, k: jax.Array, v: jax.Arr
     `after`, the attention output [B, T, H, D] that read this cache, orders the write
     after those reads: XLA updates the cache in place only when its copy-insertion pass
     can see that order in the data, so k and v gain `0 * after` (one element per row and
-    kv head; floats do not fold it away). Without it, XLA copied every layer's cache
-    twice per decode step.
+    kv head; floats do not fold it away, and it changes nothing unless that output is
+    already NaN or infinite). Without it, XLA copied every layer's cache twice per
+    decode step.
     """
     if after is not None:
         batch, length, num_kv_heads, _ = k.shape

@@ -1,6 +1,7 @@
 """The jitted decoding loop: one compile per bucket, cache == recompute, 8 devices == 1 device."""
 
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -98,6 +99,24 @@ def test_stops_at_eos_and_sampling_respects_top_k():
     np.testing.assert_array_equal(np.asarray(out["tokens"]), greedy)  # top-1 sampling is greedy
     for row, n in zip(np.asarray(out["tokens"]), np.asarray(out["num_generated"])):
         assert (row[n:] == PAD).all() and (n == NEW or row[n - 1] == EOS)
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_the_decode_loop_updates_the_cache_in_place(batch):
+    """No copy of a cache array inside the compiled while loop's body (model/kv_cache.py write_cache)."""
+    params, generate = _generator((1, 1, 1), jax.devices()[:1])
+    prompts = left_pad((PROMPTS * 2)[:batch], 8, PAD)
+    hlo = generate.lower(params, prompts.tokens, prompts.lengths).compile().as_text()
+    bodies = re.findall(r"body=%([\w.\-]+)", hlo)
+    assert bodies
+    kv, dim, slots = CFG.num_kv_heads, CFG.hidden // CFG.num_heads, 8 + NEW
+    cache_shapes = {f"f32[{batch},{kv},{dim},{slots}]", f"f32[{batch},{kv},{slots},{dim}]"}
+    for body in bodies:
+        text = hlo[hlo.index(f"\n%{body} "):]
+        text = text[:text.index("\n}")]
+        copied = set(re.findall(r"= (f32\[[\d,]+\])\S* copy\(", text))
+        assert not copied & cache_shapes, f"{body} copies {copied & cache_shapes}"
+    assert any(shape in hlo for shape in cache_shapes)
 
 
 def test_first_argmax_is_argmax_with_ties_and_nan():

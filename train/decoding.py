@@ -214,6 +214,7 @@ def compile_generate(graphdef: Any, param_shardings: Any, cfg: ModelConfig, mesh
 
     Call as fn(params, tokens [B, P], lengths [B], seed, max_new_tokens, temperature, top_k, top_p).
     The params are converted to the decoding layout on the first call with them (`DecodeLayout`).
+    `fn.lower(...)`, with the same arguments, gives the jax.stages.Lowered program.
     """
     layout = decode_layout(graphdef, param_shardings, cfg, mesh)
     rows = batch_sharding(mesh)
@@ -224,11 +225,19 @@ def compile_generate(graphdef: Any, param_shardings: Any, cfg: ModelConfig, mesh
         in_shardings=(layout.shardings, rows, rows, scalar, scalar, scalar, scalar, scalar),
         out_shardings={"tokens": rows, "num_generated": rows})
 
-    @functools.wraps(jitted)
-    def run(params, tokens, lengths, seed=0, max_new_tokens=None, temperature=0.0, top_k=0, top_p=1.0):
-        with sharding_context(mesh):
-            return jitted(layout.convert(params), tokens, lengths, np.int32(seed),
-                          np.int32(max_new_bucket if max_new_tokens is None else max_new_tokens),
-                          np.float32(temperature), np.int32(top_k), np.float32(top_p))
+    def arguments(params, tokens, lengths, seed=0, max_new_tokens=None, temperature=0.0, top_k=0, top_p=1.0):
+        return (layout.convert(params), tokens, lengths, np.int32(seed),
+                np.int32(max_new_bucket if max_new_tokens is None else max_new_tokens),
+                np.float32(temperature), np.int32(top_k), np.float32(top_p))
 
+    @functools.wraps(jitted)
+    def run(*args, **kwargs):
+        with sharding_context(mesh):
+            return jitted(*arguments(*args, **kwargs))
+
+    def lower(*args, **kwargs):
+        with sharding_context(mesh):
+            return jitted.lower(*arguments(*args, **kwargs))
+
+    run.lower = lower
     return run

@@ -69,7 +69,7 @@ def hf_model(params: dict):
     return hf
 
 
-def matvec_bandwidth() -> Callable[[int], float]:
+def bandwidth_probe() -> Callable[[int], float]:
     """A probe: bytes/s a jitted fp32 matrix-vector product streams from a 256 MB matrix (best of n)."""
     w = jnp.ones((8192, 8192), jnp.float32)
     v = jnp.ones((8192,), jnp.float32)
@@ -102,10 +102,10 @@ def main(argv: list[str]) -> None:
     print(f"model: {weight_bytes / 4 / 1e6:.1f}M parameters, {weight_bytes / 1e6:.0f} MB fp32; "
           f"max |logits - HF logits| = {np.abs(np.asarray(ours) - theirs).max():.2e}")
     generate = compile_generate(graphdef, shardings, CFG, mesh, max_new_bucket=NEW, eos_id=-1, pad_id=0)
-    probe = matvec_bandwidth()
+    probe = bandwidth_probe()
     bandwidth = probe(10)
     roof = bandwidth / weight_bytes
-    print(f"matvec read bandwidth {bandwidth / 1e9:.1f} GB/s -> roof {roof:.1f} decode steps/s "
+    print(f"warm-up probe: matvec read bandwidth {bandwidth / 1e9:.1f} GB/s -> roof {roof:.1f} decode steps/s "
           f"({1e3 / roof:.1f} ms per step to read the weights once)")
     for batch in (int(b) for b in _BATCHES.value):
         tokens = rng.integers(4, CFG.vocab_size, (batch, PROMPT)).astype(np.int32)
@@ -129,7 +129,7 @@ def main(argv: list[str]) -> None:
             hf_s.append(_seconds(run_hf))
         jax_tps, hf_tps = batch * NEW / np.median(jax_s), batch * NEW / np.median(hf_s)
         # The roof bounds the loop's steps, each reading all weights once; prefill is compute bound.
-        steps_per_s = (NEW - 1) / (np.median(jax_s) - np.median(first_s))
+        steps_per_s = (NEW - 1) / np.median(np.subtract(jax_s, first_s))  # per round, then the median
         roof = np.median(bandwidths) / weight_bytes
         print(f"batch {batch}: meshlm {jax_tps:.1f} tokens/s, HF generate {hf_tps:.1f} tokens/s, "
               f"ratio {jax_tps / hf_tps:.2f}x; decoding loop {steps_per_s:.1f} steps/s (after a "

@@ -54,10 +54,12 @@ def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache_k: jax.Arra
     """Attention of new tokens over a KV cache and, causally, over themselves -> [B,T,H,D].
 
     q [B,T,H,D]; the new tokens' own k, v [B,T,K,D] are not in the cache yet; one softmax
-    runs over the cache slots `cache_mask` [B,T,S] allows, then the new tokens. The cache
-    is only read here (layout: model/kv_cache.py): the caller writes k and v into it
-    afterwards, so the write is the cache's last use and XLA updates it in place (attending
-    to the cache after writing made XLA copy every layer's cache at every step).
+    runs over the cache slots `cache_mask` [B,T,S] allows (never the slots k and v will
+    take: they still hold stale values), then the new tokens. The cache is only read here
+    (layout: model/kv_cache.py): the caller writes k and v afterwards with
+    `write_cache(..., after=out)`, whose data dependency on this output lets XLA update the
+    cache in place (without it, or attending after writing, XLA copied every layer's cache
+    at every step).
 
     Both products with the cache are a broadcast multiply summed over a non-minor axis
     (head_dim of keys held [head_dim, length], length of values held [length, head_dim]),

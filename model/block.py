@@ -75,8 +75,8 @@ class DecoderBlock(nnx.Module):
     def decode(self, x: jax.Array, positions: jax.Array, cache_k: jax.Array, cache_v: jax.Array,
                index: jax.Array, key_mask: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """New tokens x [B, T, hidden] attending to the cache slots `key_mask` [B, T, S] allows
-        and to each other, then written at slot `index` of this layer's cache (in place;
-        model/kv_cache.py)."""
+        (never slots index..index+T-1) and to each other, then written at slot `index` of this
+        layer's cache (in place; model/kv_cache.py)."""
         q, k, v = self.attention.project(self.attention_norm(x), positions)
         out = cached_attention(q, k, v, cache_k, cache_v, key_mask)
         x = _add(x, self.attention.project_out(out))

@@ -103,8 +103,9 @@ class LlamaLM(nnx.Module):
                key_mask: jax.Array) -> tuple[jax.Array, KVCache]:
         """Hidden states [B, T, hidden] of new tokens [B, T] stored at cache slot `index`.
 
-        `key_mask` bool [B, T, S] says which cache slots each new token sees (the new tokens
-        see each other causally; their own slots need not be in it).
+        `key_mask` bool [B, T, S] says which cache slots each new token sees. It must leave out
+        slots index..index+T-1: they are written only after attention (the new tokens see each
+        other causally from their own keys and values).
         The layers run unrolled, each writing its key and value into its cache in place (a
         scan would copy every layer's cache and weights out of stacked arrays).
         """

@@ -103,7 +103,7 @@ def test_stops_at_eos_and_sampling_respects_top_k():
 
 @pytest.mark.parametrize("batch", [1, 4])
 def test_the_decode_loop_updates_the_cache_in_place(batch):
-    """No copy of a cache array inside the compiled while loop's body (model/kv_cache.py write_cache)."""
+    """No top-level copy of a cache array in the compiled while loop's body (model/kv_cache.py write_cache)."""
     params, generate = _generator((1, 1, 1), jax.devices()[:1])
     prompts = left_pad((PROMPTS * 2)[:batch], 8, PAD)
     hlo = generate.lower(params, prompts.tokens, prompts.lengths).compile().as_text()

@@ -214,7 +214,8 @@ def compile_generate(graphdef: Any, param_shardings: Any, cfg: ModelConfig, mesh
 
     Call as fn(params, tokens [B, P], lengths [B], seed, max_new_tokens, temperature, top_k, top_p).
     The params are converted to the decoding layout on the first call with them (`DecodeLayout`).
-    `fn.lower(...)`, with the same arguments, gives the jax.stages.Lowered program.
+    `fn.lower(...)`, with the same arguments, gives the jax.stages.Lowered program (it converts
+    the params too).
     """
     layout = decode_layout(graphdef, param_shardings, cfg, mesh)
     rows = batch_sharding(mesh)

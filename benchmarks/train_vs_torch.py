@@ -6,7 +6,11 @@ alternate in this process after warm-up; the best round of each is compared. MFU
 each side's model FLOPs per second by the best fp32 matmul peak measured in the same run
 (once before and once in every round).
 
-    ./launch.sh run benchmarks.train_vs_torch [--batch=8] [--seq_len=128] [--rounds=3]
+    ./launch.sh run benchmarks.train_vs_torch [--batch=8] [--seq_len=128] [--rounds=5]
+
+Run it through launch.sh: on a CPU host that sets glibc's malloc to keep freed memory
+(README, Throughput and MFU). Without it, each side's step maps and faults in its scratch
+afresh, and the two libraries in one process slowed each other (JAX 3.25 -> 4.2 s a step).
 
 Needs the `hf` extra (torch 2.13.0 CPU, transformers).
 """
@@ -33,7 +37,7 @@ from train.steps import compile_train_step
 _CONFIG = flags.DEFINE_string("config", "configs/bert_base.py", "Model shape (the batch shape comes from flags).")
 _BATCH = flags.DEFINE_integer("batch", 8, "Rows per step.")
 _SEQ_LEN = flags.DEFINE_integer("seq_len", 128, "Tokens per row.")
-_ROUNDS = flags.DEFINE_integer("rounds", 3, "Timed rounds; each round runs both sides.")
+_ROUNDS = flags.DEFINE_integer("rounds", 5, "Timed rounds; each round runs both sides.")
 _STEPS = flags.DEFINE_integer("steps", 2, "Steps per side per round.")
 
 SPECIALS = (0, 1, 2, 3, 4)
@@ -136,6 +140,8 @@ def main(argv: list[str]) -> None:
     dense = tokens * train_flops_per_token(m, n, _SEQ_LEN.value)
     print(f"{config.name} shape: {sides['meshlm'].param_count / 1e6:.1f}M parameters, batch {_BATCH.value} x "
           f"{_SEQ_LEN.value}, fp32; measured fp32 matmul peak {peak / 1e9:.1f} GFLOP/s")
+    # Both sides take their scratch from this process's malloc (launch.sh sets it on CPU hosts).
+    print(f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}")
     print(f"model FLOPs per step: {needed / 1e12:.3f} T (train/flops.py; vocab projection of the MLM budget's positions); "
           f"{dense / 1e12:.3f} T projecting every token")
     for name, values in times.items():

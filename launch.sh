@@ -68,21 +68,12 @@ export JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="${JAX_PERSISTENT_CACHE_MIN_ENT
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 # XLA:CPU takes each step's scratch from malloc (1.6 GB for a BERT-base step at batch 8).
-# glibc serves blocks that large, and all blocks of non-main threads' arenas that large,
-# with mmap and unmaps them on free, so every step faults its scratch in again: 400k page
-# faults, ~8% of the step. On a host without GPUs or TPUs (or with JAX_PLATFORMS=cpu), one
-# arena with mmap off and no trimming keeps freed memory for the next step. The price:
-# freed host memory is reused but not returned to the system. Your own GLIBC_TUNABLES or
-# LD_PRELOAD (e.g. tcmalloc) is left as it is.
-cpu_host_malloc() {
-  [[ -z "${GLIBC_TUNABLES:-}" && -z "${LD_PRELOAD:-}" ]] || return 0
-  if [[ "${JAX_PLATFORMS:-}" != cpu ]]; then
-    compgen -G "/dev/nvidia[0-9]*" >/dev/null || compgen -G "/dev/accel[0-9]*" >/dev/null ||
-      compgen -G "/dev/vfio/[0-9]*" >/dev/null && return 0
-  fi
-  export GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736
-}
-cpu_host_malloc
+# glibc maps blocks that large fresh and unmaps them on free, so every step faults its
+# scratch in again, 4 KiB at a time: 400k page faults, ~8% of the step. glibc's hugetlb
+# tunable has malloc ask for transparent huge pages (where the kernel allows them: THP
+# "madvise" or "always"), 2 MiB a fault. Your own GLIBC_TUNABLES or LD_PRELOAD (e.g.
+# tcmalloc) is left as it is.
+[[ -n "${GLIBC_TUNABLES:-}" || -n "${LD_PRELOAD:-}" ]] || export GLIBC_TUNABLES=glibc.malloc.hugetlb=1
 
 # shellcheck source=scripts/multihost.sh
 source "$ROOT/scripts/multihost.sh"

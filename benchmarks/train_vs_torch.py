@@ -8,9 +8,8 @@ each side's model FLOPs per second by the best fp32 matmul peak measured in the 
 
     ./launch.sh run benchmarks.train_vs_torch [--batch=8] [--seq_len=128] [--rounds=5]
 
-Run it through launch.sh: on a CPU host that sets glibc's malloc to keep freed memory
-(README, Throughput and MFU). Without it, each side's step maps and faults in its scratch
-afresh, and the two libraries in one process slowed each other (JAX 3.25 -> 4.2 s a step).
+Run it through launch.sh, which has glibc's malloc ask for huge pages (README, Throughput
+and MFU); without that, each step faults in its scratch 4 KiB at a time.
 
 Needs the `hf` extra (torch 2.13.0 CPU, transformers).
 """
@@ -140,7 +139,7 @@ def main(argv: list[str]) -> None:
     dense = tokens * train_flops_per_token(m, n, _SEQ_LEN.value)
     print(f"{config.name} shape: {sides['meshlm'].param_count / 1e6:.1f}M parameters, batch {_BATCH.value} x "
           f"{_SEQ_LEN.value}, fp32; measured fp32 matmul peak {peak / 1e9:.1f} GFLOP/s")
-    # Both sides take their scratch from this process's malloc (launch.sh sets it on CPU hosts).
+    # Both sides take their scratch from malloc, as launch.sh sets it up.
     print(f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}")
     print(f"model FLOPs per step: {needed / 1e12:.3f} T (train/flops.py; vocab projection of the MLM budget's positions); "
           f"{dense / 1e12:.3f} T projecting every token")

@@ -68,11 +68,11 @@ def test_local_dry_run_sets_one_coordinator_and_process_ids():
     assert lines[0][-4:] == ["-m", "train.main", *JOB]
 
 
-def test_cpu_hosts_get_a_malloc_that_keeps_freed_memory_unless_set_by_the_user(tmp_path):
-    """launch.sh's GLIBC_TUNABLES (see its cpu_host_malloc): set for CPU jobs, a user's own kept."""
+def test_malloc_asks_for_huge_pages_unless_the_user_set_it(tmp_path):
+    """launch.sh's GLIBC_TUNABLES: set for every job, a user's own kept."""
     (tmp_path / "show_tunables.py").write_text("import os; print(os.environ.get('GLIBC_TUNABLES'))\n")
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "LD_PRELOAD")}
-    env.update(PYTHONPATH=str(tmp_path), JAX_PLATFORMS="cpu")
+    env.update(PYTHONPATH=str(tmp_path))
 
     def tunables(**extra: str) -> str:
         result = subprocess.run([str(ROOT / "launch.sh"), "run", "show_tunables"], cwd=ROOT, capture_output=True,
@@ -80,7 +80,7 @@ def test_cpu_hosts_get_a_malloc_that_keeps_freed_memory_unless_set_by_the_user(t
         assert result.returncode == 0, result.stderr
         return result.stdout.splitlines()[-1]
 
-    assert tunables() == f"glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold={64 << 30}"
+    assert tunables() == "glibc.malloc.hugetlb=1"
     assert tunables(GLIBC_TUNABLES="glibc.malloc.arena_max=4") == "glibc.malloc.arena_max=4"
 
 

@@ -2,7 +2,11 @@
 
 Both sides train the BERT-base shape (12 layers, 768 hidden, 12 heads, 3072 MLP, vocab
 32000, fp32, AdamW, dropout 0.1) on the same 15%-masked batch of 8 x 128 tokens. They
-alternate in this process after warm-up; the best round of each is compared. MFU divides
+alternate in this process after warm-up; the best round of each is compared. Each side
+takes one untimed step before its timed ones in every round: memory a process frees and
+leaves for a few seconds (XLA:CPU's per-step scratch, while the other side runs) can go
+back to the hypervisor, and on this VM touching it again cost a JAX step ~0.8 s (2.85 ->
+3.7 s after 3 s idle), a cost that back-to-back training steps never pay. MFU divides
 each side's model FLOPs per second by the best fp32 matmul peak measured in the same run
 (once before and once in every round).
 
@@ -127,6 +131,7 @@ def main(argv: list[str]) -> None:
     times: dict[str, list[float]] = {name: [] for name in sides}
     for _ in range(_ROUNDS.value):
         for name, side in sides.items():
+            side.run(1)  # untimed: touches memory again after the other side's turn (see above)
             times[name].append(side.run(_STEPS.value))
         # The roof is re-measured every round and the best kept: on a shared machine one
         # slow measurement would otherwise inflate every MFU figure.

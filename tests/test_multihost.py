@@ -16,9 +16,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 JOB = ["--config=configs/bert_tiny.py", "--workdir=/shared/run 1"]
 
 
-def _launch(*args: str) -> list[str]:
+def _launch(*args: str, env: dict[str, str] | None = None) -> list[str]:
     result = subprocess.run([str(ROOT / "launch.sh"), *args], cwd=ROOT, capture_output=True, text=True,
-                            timeout=60, env={**os.environ, "TMPDIR": "/tmp"})
+                            timeout=300, env={**os.environ, "TMPDIR": "/tmp"} if env is None else env)
     assert result.returncode == 0, result.stderr
     return result.stdout.splitlines()
 
@@ -73,15 +73,9 @@ def test_malloc_asks_for_huge_pages_unless_the_user_set_it(tmp_path):
     (tmp_path / "show_tunables.py").write_text("import os; print(os.environ.get('GLIBC_TUNABLES'))\n")
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "LD_PRELOAD")}
     env.update(PYTHONPATH=str(tmp_path))
-
-    def tunables(**extra: str) -> str:
-        result = subprocess.run([str(ROOT / "launch.sh"), "run", "show_tunables"], cwd=ROOT, capture_output=True,
-                                text=True, timeout=300, env={**env, **extra})
-        assert result.returncode == 0, result.stderr
-        return result.stdout.splitlines()[-1]
-
-    assert tunables() == "glibc.malloc.hugetlb=1"
-    assert tunables(GLIBC_TUNABLES="glibc.malloc.arena_max=4") == "glibc.malloc.arena_max=4"
+    assert _launch("run", "show_tunables", env=env)[-1] == "glibc.malloc.hugetlb=1"
+    mine = "glibc.malloc.arena_max=4"
+    assert _launch("run", "show_tunables", env={**env, "GLIBC_TUNABLES": mine})[-1] == mine
 
 
 # A 2-layer model on a 100 KB corpus slice: enough to see 4 steps of real training.

@@ -69,7 +69,7 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 # XLA:CPU takes each step's scratch from malloc (1.6 GB for a BERT-base step at batch 8).
 # glibc maps blocks that large fresh and unmaps them on free, so every step faults its
-# scratch in again, 4 KiB at a time: 400k page faults, ~8% of the step. glibc's hugetlb
+# scratch in again, 4 KiB at a time: 400k page faults, ~11% of the step. glibc's hugetlb
 # tunable has malloc ask for transparent huge pages (where the kernel allows them: THP
 # "madvise" or "always"), 2 MiB a fault. Your own GLIBC_TUNABLES or LD_PRELOAD (e.g.
 # tcmalloc) is left as it is.

@@ -15,7 +15,7 @@ import time
 import jax
 from absl import app, flags
 
-from train.compile import memory_report
+from train.preflight import memory_report
 from train.config import load_config
 
 _CONFIG = flags.DEFINE_string("config", "configs/bert_tiny.py", "Model and batch shape to compile.")

@@ -25,7 +25,7 @@ from absl import app, flags
 from flax import nnx
 
 from model.config import ModelConfig
-from train.decoding import compile_generate, left_pad
+from train.generate.autoregressive import compile_generate, left_pad
 from train.mesh import make_mesh
 from train.state import model_factory, param_shardings
 

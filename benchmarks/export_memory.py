@@ -3,7 +3,7 @@
     python benchmarks/export_memory.py [--layers=12 --hidden=512 --vocab=32000]
 
 Writes one checkpoint (sharded over 8 simulated devices), then exports it twice in child
-processes: `streamed` is train.export's path (one array restored and written at a time);
+processes: `streamed` is train.interop.export_cli's path (one array restored and written at a time);
 `whole` restores every parameter to host first and writes with safetensors.numpy.save_file.
 Each child resets its peak-RSS counter (/proc/self/clear_refs) after imports and setup, so the
 figure is the export's own growth. Prints both, the model and largest-array sizes, and the ratio.
@@ -28,9 +28,9 @@ _CHILD = r"""
 import os, sys, pathlib
 sys.path.insert(0, sys.argv[1])
 import numpy as np
-from train.param_reader import CheckpointParams
-from train.export_hf import export_hf, tensor_plan, _hf_tensors
-from train.hf_families import family_of
+from train.checkpoints.params import CheckpointParams
+from train.interop.hf_export import export_hf, tensor_plan, _hf_tensors
+from train.interop.hf_families import family_of
 import safetensors.numpy, transformers  # imported before the measurement in both modes
 
 def rss(field):
@@ -66,7 +66,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     import dataclasses
 
-    from data.corpus import builtin_corpus
+    from data.builtin_corpus import builtin_corpus
     from data.tokenizer import load_or_train_tokenizer
     from tests.export_fixtures import random_params, tiny_export_config, write_checkpoint
 

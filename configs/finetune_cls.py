@@ -10,7 +10,7 @@ header) or .jsonl with fields `text` and `label` (set task.text_pair_field for p
 import dataclasses
 
 from train.config import Config, DataConfig, OptimConfig, TrainConfig, load_config
-from train.task_config import TaskConfig
+from train.config import TaskConfig
 
 
 def get_config() -> Config:

@@ -12,9 +12,13 @@ import dataclasses
 import json
 import os
 import pathlib
+import shutil
+import tempfile
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+
+from data.token_store import TokenStore
 
 # Open rows searched for room; more packs a little tighter and costs a little more time.
 PACK_WINDOW = 8
@@ -150,3 +154,51 @@ def _segment_stream(chunks: list[np.ndarray], lengths: np.ndarray, cls_id: int,
     stream[starts] = cls_id
     stream[starts + lengths - 1] = sep_id
     return stream, np.arange(total) - np.repeat(starts, lengths)
+
+
+def pack_store(rows_dir: pathlib.Path, store: TokenStore, seq_len: int, *, cls_id: int, sep_id: int,
+               pad_id: int) -> None:
+    """Packs each split shard by shard (bounded memory) into one PackedRows, atomically."""
+    rows_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{rows_dir.name}.tmp-", dir=rows_dir.parent))
+    try:
+        for split in ("train", "validation"):
+            parts = []
+            for k, (tokens, offsets) in enumerate(store.shards(split)):
+                docs = (tokens[offsets[d]:offsets[d + 1]] for d in range(len(offsets) - 1))
+                part = pack_documents(docs, seq_len, cls_id=cls_id,
+                                      sep_id=sep_id, pad_id=pad_id)
+                part.save(staging / "parts" / f"{split}-{k:05d}")
+                parts.append(staging / "parts" / f"{split}-{k:05d}")
+            _concatenate(parts, staging / split, seq_len, pad_id)
+        shutil.rmtree(staging / "parts", ignore_errors=True)
+        try:
+            os.rename(staging, rows_dir)
+        except OSError:
+            if not rows_dir.is_dir():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _concatenate(parts: list[pathlib.Path], out: pathlib.Path, seq_len: int,
+                 pad_id: int) -> None:
+    """Writes the rows of several packed parts, in order, as one memory-mappable PackedRows."""
+    loaded = [PackedRows.load(p) for p in parts]
+    total = sum(p.num_rows for p in loaded)
+    if total == 0:  # an empty split (no validation documents): nothing to map
+        empty = np.zeros((0, seq_len), np.int32)
+        PackedRows(empty, empty, empty, pad_id=pad_id).save(out)
+        return
+    out.mkdir(parents=True)
+    for name in ("tokens", "segment_ids", "positions"):
+        array = np.lib.format.open_memmap(out / f"{name}.npy", mode="w+", dtype=np.int32,
+                                          shape=(total, seq_len))
+        start = 0
+        for part in loaded:
+            array[start:start + part.num_rows] = getattr(part, name)
+            start += part.num_rows
+        array.flush()
+        del array
+    meta = {"format": 1, "num_rows": total, "seq_len": seq_len, "pad_id": pad_id}
+    (out / "rows.json").write_text(json.dumps(meta), encoding="utf-8")

@@ -10,7 +10,7 @@ import numpy as np
 from flax import nnx
 
 from data.tokenizer import Tokenizer
-from train.checkpoint import Checkpoints
+from train.checkpoints.manager import Checkpoints
 from train.config import Config, ModelConfig
 from train.mesh import make_mesh
 from train.optimizer import make_optimizer

@@ -20,7 +20,7 @@ def main(port: str, process_id: str, workdir: str) -> None:
     import numpy as np
     from jax.experimental import multihost_utils
 
-    from train.checkpoint import Checkpoints
+    from train.checkpoints.manager import Checkpoints
     from train.mesh import make_mesh
     from train.optimizer import make_optimizer
     from train.state import init_state, state_layout

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from train.checkpoint import DAMAGED_DIR, Checkpoints
+from train.checkpoints.manager import DAMAGED_DIR, Checkpoints
 from train.loop import train
 from train.nonfinite import NonFiniteError
 

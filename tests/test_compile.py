@@ -46,7 +46,7 @@ def test_sharded_train_step_compiles_without_full_rematerialization(capfd):
     import jax
 
     from tests.train_fixtures import tiny_config
-    from train.compile import memory_report
+    from train.preflight import memory_report
 
     config = tiny_config()
     config.mesh.shape = (2, 2, 2)

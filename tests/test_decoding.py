@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from model.config import ModelConfig
-from train.decoding import compile_generate, first_argmax, left_pad
+from train.generate.autoregressive import compile_generate, first_argmax, left_pad
 from train.mesh import make_mesh
 from train.state import model_factory, param_shardings
 
@@ -136,7 +136,7 @@ def _sequence_log_prob(params, prompt, generated):
 
 
 def test_beam_search_width_one_is_greedy_and_wider_beams_score_higher():
-    from train.beam_search import compile_beam_search
+    from train.generate.beam_search import compile_beam_search
 
     params, generate = _generator((1, 1, 1), jax.devices()[:1])
     mesh = make_mesh((1, 1, 1), jax.devices()[:1])

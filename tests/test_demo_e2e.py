@@ -45,9 +45,9 @@ def test_demo_trains_resumes_and_fills_masks(tmp_path):
     assert {"loss", "accuracy", "perplexity", "baseline_accuracy"} <= set(evals[-1])
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
 
-    filled = _run("train.fill_mask", f"--workdir={workdir}", "--examples=3", "--candidates=4", cache=cache)
+    filled = _run("train.generate.fill_mask_cli", f"--workdir={workdir}", "--examples=3", "--candidates=4", cache=cache)
     assert "checkpoint step 6" in filled
     assert filled.count("[MASK]") == 3 and filled.count("hidden word:") == 3
-    custom = _run("train.fill_mask", f"--workdir={workdir}", "--text=The [MASK] returns a list.",
+    custom = _run("train.generate.fill_mask_cli", f"--workdir={workdir}", "--text=The [MASK] returns a list.",
                   cache=cache)
     assert "The [MASK] returns a list." in custom

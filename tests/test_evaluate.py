@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from train.config import DataConfig, MeshConfig, ModelConfig
-from train.evaluate import Evaluator, saved_steps, watch
+from train.evaluate.evaluator import Evaluator, saved_steps, watch
 from train.loop import train
 
 from tests.data_fixtures import SMALL_CORPUS_BYTES, SMALL_VOCAB, shared_dir, small_tokenizer

@@ -7,8 +7,8 @@ import sys
 
 import numpy as np
 
-from train.export_jax import export_jax
-from train.param_reader import CheckpointParams
+from train.interop.jax_export import export_jax
+from train.checkpoints.params import CheckpointParams
 
 from tests.data_fixtures import small_tokenizer
 from tests.export_fixtures import fixed_batch, jax_logits, random_params, tiny_export_config, write_checkpoint
@@ -117,7 +117,7 @@ def test_decoder_jax_export_decodes_step_by_step_in_a_fresh_process(tmp_path_fac
     assert manifest["decode"]["inputs"]["cache_k"]["shape"] == [2, "batch", 2, 8, "cache_length"]
     assert manifest["decode"]["inputs"]["cache_v"]["shape"] == [2, "batch", 2, "cache_length", 8]
 
-    # Left-padded prompts of 12, 9 and 6 tokens, as train/decoding.py lays them out.
+    # Left-padded prompts of 12, 9 and 6 tokens, as train/generate/autoregressive.py lays them out.
     rng = np.random.default_rng(2)
     tokens = rng.integers(5, config.model.vocab_size, (3, 12)).astype(np.int32)
     start = np.array([0, 3, 6], np.int32)

@@ -9,9 +9,9 @@ import transformers
 from safetensors import safe_open
 
 from train.config import ConfigError
-from train.export_hf import export_hf
-from train.import_hf import import_hf
-from train.param_reader import CheckpointParams
+from train.interop.hf_export import export_hf
+from train.interop.hf_import import import_hf
+from train.checkpoints.params import CheckpointParams
 
 from tests.data_fixtures import small_tokenizer
 from tests.export_fixtures import (fixed_batch, hf_logits, jax_logits, random_params, tiny_export_config,

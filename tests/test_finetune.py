@@ -15,15 +15,15 @@ from flax import nnx
 
 from model import BertClassifier, BertMLM, ModelConfig
 from tests.data_fixtures import SMALL_VOCAB, small_tokenizer
-from train.checkpoint import Checkpoints
+from train.checkpoints.manager import Checkpoints
 from train.config import Config, ConfigError, DataConfig, MeshConfig, OptimConfig, TrainConfig
-from train.finetune_loop import PretrainedEncoder, finetune
-from train.finetune_steps import classifier_factory, finetune_optimizer
+from train.finetune.classifier_loop import PretrainedEncoder, finetune
+from train.finetune.classifier_steps import classifier_factory, finetune_optimizer
 from train.mesh import make_mesh
 from train.optimizer import make_optimizer
-from train.classify import predict
+from train.finetune.classify import predict
 from train.state import init_state, state_layout
-from train.task_config import TaskConfig
+from train.config import TaskConfig
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MODEL = ModelConfig(vocab_size=SMALL_VOCAB, max_len=32, hidden=32, num_layers=2, num_heads=4, mlp_dim=64,
@@ -187,7 +187,7 @@ def test_cli_finetunes_predicts_and_reports_data_errors_in_one_line(tmp_path_fac
     done = _cli("train.finetune", *flags, f"--workdir={tmp_path / 'out'}")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "encoder from" in done.stdout and "validation accuracy" in done.stdout
-    shown = _cli("train.predict", f"--workdir={tmp_path / 'out'}", "--text=good great film")
+    shown = _cli("train.finetune.predict_cli", f"--workdir={tmp_path / 'out'}", "--text=good great film")
     assert shown.returncode == 0, shown.stderr[-3000:]
     assert "probabilities: neg " in shown.stdout and " pos " in shown.stdout
     bad = tmp_path / "bad.jsonl"

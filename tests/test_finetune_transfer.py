@@ -23,7 +23,7 @@ import shutil
 import pytest
 
 from train.config import load_config
-from train.finetune_loop import finetune
+from train.finetune.classifier_loop import finetune
 from train.loop import train
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from train.mask_predict import compile_mask_predict, compile_top_k_fillers
+from train.generate.mask_predict import compile_mask_predict, compile_top_k_fillers
 from train.mesh import make_mesh, to_global
 from train.state import model_factory, param_shardings
 

@@ -3,7 +3,7 @@
 import jax
 import numpy as np
 
-from train.checkpoint import Checkpoints
+from train.checkpoints.manager import Checkpoints
 from train.mesh import make_mesh
 from train.optimizer import make_optimizer
 from train.state import init_state, state_layout

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from train.checkpoint import Checkpoints
+from train.checkpoints.manager import Checkpoints
 from train.mesh import make_mesh
 from train.optimizer import make_optimizer
 from train.state import state_layout

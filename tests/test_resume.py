@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from data.tokenizer import train_tokenizer
-from train.checkpoint import Checkpoints
+from train.checkpoints.manager import Checkpoints
 from train.config import ConfigError, DataConfig, MeshConfig, ModelConfig
 from train.loop import train
 from train.optimizer import make_optimizer

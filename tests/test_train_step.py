@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from train.checkpoint import Checkpoints
+from train.checkpoints.manager import Checkpoints
 from train.config import OptimConfig
 from train.masking import budget_for_mesh
 from train.mesh import LOGICAL_RULES, MESH_AXES, make_mesh, to_global

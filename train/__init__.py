@@ -1,1 +1,10 @@
-"""Config, mesh and sharding, state, optimizer, jitted steps, checkpoints, loop and CLIs."""
+"""The core of training: config, mesh, state, optimizer, masking, losses, steps, loop, checkpoints, metrics.
+
+Owns the training command (`python -m train.main`) and what every other capability builds
+on. Each further capability is a sub-package with its library and its commands together:
+`generate/` (decoding, beam search, fill-mask), `interop/` (Hugging Face and jax.export
+writers, import), `finetune/` (classification heads), `evaluate/` (checkpoint evaluation).
+`checkpoints/` is core: saving, restoring, reading one step's parameters, listing.
+
+May import: model, data, jax, optax, orbax. The core never imports a capability package.
+"""

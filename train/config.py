@@ -15,13 +15,13 @@ import pathlib
 import typing
 from typing import Any
 
-from data.sources import DataError, parse_source
+from data.documents import DataError
+from data.sources import parse_source
 from model.config import ModelConfig
-from train.task_config import TaskConfig
 
 __all__ = [
     "Config", "ConfigError", "DataConfig", "MeshConfig", "ModelConfig", "OptimConfig",
-    "TrainConfig", "apply_override", "load_config", "validate",
+    "TaskConfig", "TrainConfig", "apply_override", "load_config", "validate",
 ]
 
 
@@ -80,6 +80,28 @@ class TrainConfig:
     keep_best_metric: str = ""  # also keep the best checkpoint by this eval metric; "" keeps only the last
     keep_best_mode: str = "auto"  # auto: min for loss/perplexity, max for accuracy | min | max
     skip_nonfinite: bool = False  # skip (and count) updates with a non-finite loss or gradient instead of stopping
+
+
+POOLINGS = ("cls", "mean")  # TaskConfig.pooling
+
+
+@dataclasses.dataclass
+class TaskConfig:
+    """Where a fine-tuning task's labelled examples come from and how the head is trained."""
+
+    train_path: str = ""  # .csv (with a header) or .jsonl; "" when tfds_name is set
+    validation_path: str = ""
+    tfds_name: str = ""  # e.g. glue/sst2, read with tfds.data_source (prepared, no download)
+    tfds_data_dir: str = ""
+    train_split: str = "train"
+    validation_split: str = "validation"
+    text_field: str = "text"
+    text_pair_field: str = ""  # set for sentence pairs: [CLS] a [SEP] b [SEP]
+    label_field: str = "label"
+    pooling: str = "cls"  # cls: BERT's pooler on [CLS] | mean: over non-padding tokens
+    classifier_dropout: float = 0.1
+    epochs: int = 3
+    body_learning_rate_ratio: float = 1.0  # encoder's rate as a fraction of optim.learning_rate
 
 
 @dataclasses.dataclass

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import pathlib
 
 from jax.sharding import Mesh
 
-from data.sources import parse_source
-from data.store import PreparedData, prepare_builtin, prepare_source, prepare_store
+from data.builtin_corpus import default_cache_dir
+from data.pipeline import PreparedData, prepare
 from train.config import Config, ConfigError
 from train.masking import MaskingSpec, budget_for_mesh, prediction_budget
 
 
-def default_cache_dir() -> pathlib.Path:
-    return pathlib.Path(os.environ.get("MESHLM_CACHE", pathlib.Path.home() / ".cache" / "meshlm"))
-
-
 def prepare_data(config: Config, workdir: pathlib.Path) -> PreparedData:
-    """The corpus, tokenizer and packed rows for this config (built once, then reused)."""
+    """The tokenizer, token store and packed rows for this config (built once, then reused)."""
     d = config.data
     cache_dir = pathlib.Path(d.cache_dir) if d.cache_dir else default_cache_dir()
     try:
@@ -26,17 +21,9 @@ def prepare_data(config: Config, workdir: pathlib.Path) -> PreparedData:
     except OSError as e:
         raise ConfigError(f"data.cache_dir={str(cache_dir)!r} cannot be created ({e.strerror or e}); "
                           "set --config.data.cache_dir or $MESHLM_CACHE to a writable directory") from None
-    spec = parse_source(d.source)
-    if spec.kind == "store":
-        return prepare_store(workdir, spec.path, seq_len=d.seq_len,
-                             vocab_size=config.model.vocab_size)
-    if spec.kind != "builtin":
-        return prepare_source(workdir, spec, seq_len=d.seq_len, vocab_size=config.model.vocab_size,
-                              model_type=d.tokenizer_type, text_field=d.text_field,
-                              tfds_data_dir=d.tfds_data_dir)
-    return prepare_builtin(
-        workdir, cache_dir=cache_dir, seq_len=d.seq_len, vocab_size=config.model.vocab_size,
-        model_type=d.tokenizer_type, max_bytes=d.max_corpus_bytes or None)
+    return prepare(workdir, d.source, seq_len=d.seq_len, vocab_size=config.model.vocab_size,
+                   tokenizer_type=d.tokenizer_type, text_field=d.text_field, tfds_data_dir=d.tfds_data_dir,
+                   cache_dir=cache_dir, max_corpus_bytes=d.max_corpus_bytes or None)
 
 
 def masking_spec(config: Config, data: PreparedData, mesh: Mesh) -> MaskingSpec:

@@ -12,11 +12,11 @@ import jax
 
 from data.batches import StepBatches
 from data.prefetch import prefetch_batches
-from data.store import PreparedData
-from train.checkpoint import Checkpoints
+from data.pipeline import PreparedData
+from train.checkpoints.manager import Checkpoints
 from train.config import Config, ConfigError, config_from_json
 from train.distributed import primary_first
-from train.evaluation import evaluate, most_frequent_token
+from train.heldout import evaluate, most_frequent_token
 from train.flops import mfu, non_embedding_params, peak_flops_per_device, train_flops_per_token
 from train.inputs import check_same_data, data_identity, masking_spec, prepare_data
 from train.mesh import check_divisibility, make_mesh, to_global
@@ -67,7 +67,7 @@ def train(config: Config, workdir: pathlib.Path) -> dict[str, float]:
     bar = ProgressBar(t.steps, 0, enabled=primary and t.progress_bar)
     log = bar.write if primary else (lambda line: None)
     data = primary_first(lambda: prepare_data(config, workdir))
-    log(data.corpus.describe())
+    log(data.describe())
     log(f"tokenizer: {data.tokenizer.path} ({data.tokenizer.vocab_size} pieces); "
         f"rows of {config.data.seq_len}: {data.train.num_rows} train, {data.validation.num_rows} validation")
     tx, schedule = make_optimizer(config.optim, t.steps)

@@ -9,13 +9,13 @@ from typing import Any
 
 from jax.sharding import Mesh
 
-from data.store import PreparedData
-from train.checkpoint import Checkpoints
+from data.pipeline import PreparedData
+from train.checkpoints.manager import Checkpoints
 from train.config import Config, config_from_json
 from train.inputs import check_same_data, prepare_data
 from train.mesh import make_mesh
 from train.optimizer import make_optimizer
-from train.param_reader import resolve_step
+from train.checkpoints.params import resolve_step
 from train.state import StateLayout, state_layout
 
 

@@ -1,6 +1,6 @@
 """Predict labels with a fine-tuned workdir: the label and every label's probability per text.
 
-    python -m train.predict --workdir=OUT --text="Return the event loop." [--text=...] [--text_pair=...]
+    python -m train.finetune.predict_cli --workdir=OUT --text="Return the event loop." [--text=...] [--text_pair=...]
 """
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ from __future__ import annotations
 import numpy as np
 from absl import flags
 
-from train import cli
+from train import program
 from train.config import ConfigError
 
-_WORKDIR = cli.WORKDIR
-_STEP = cli.STEP
-_TEXT = cli.TEXT
+_WORKDIR = program.WORKDIR
+_STEP = program.STEP
+_TEXT = program.TEXT
 _TEXT_PAIR = flags.DEFINE_multi_string("text_pair", [], "Second texts for a sentence-pair task, one per --text.")
 
 
@@ -24,7 +24,7 @@ def main(argv: list[str]) -> None:
         raise ConfigError("--workdir is required: the workdir of a train.finetune run")
     if not _TEXT.value:
         raise ConfigError("give at least one --text to classify")
-    from train.classify import predict  # JAX starts here
+    from train.finetune.classify import predict  # JAX starts here
 
     labels, probs = predict(_WORKDIR.value, _TEXT.value, _TEXT_PAIR.value or None, _STEP.value)
     for index, text in enumerate(_TEXT.value):
@@ -34,4 +34,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    program.run(main)

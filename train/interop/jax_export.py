@@ -11,7 +11,7 @@ The artifact folder holds:
 
 A server needs only jax, numpy and a safetensors reader: `jax.export.deserialize`, then
 `exported.call(weights_dict, tokens, segment_ids, positions)`. No meshlm code is involved.
-The decode step follows train/decoding.py: rows are left-padded, row b's first real token
+The decode step follows train/generate/autoregressive.py: rows are left-padded, row b's first real token
 sits at cache slot start[b], every row writes slot `slot` and sees slots start[b]..slot.
 Prefill is decode steps over the prompt slots from a zero cache (or any faster path that
 fills the same cache).
@@ -30,11 +30,11 @@ from flax import nnx
 
 from model.config import ModelConfig
 from model.kv_cache import cache_shapes, stack_cache, unstack_cache
-from train.decoding import decode_one
-from train.export_hf import export_dtype
+from train.generate.autoregressive import decode_one
+from train.interop.hf_export import export_dtype
 from train.mesh import make_mesh
-from train.param_reader import CheckpointParams
-from train.safetensors_file import write_safetensors
+from train.checkpoints.params import CheckpointParams
+from train.interop.safetensors_file import write_safetensors
 from train.state import param_shardings
 
 FORWARD_FILE, DECODE_FILE = "forward.jax", "decode.jax"

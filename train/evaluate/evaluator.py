@@ -1,14 +1,8 @@
-"""Evaluates checkpoints of a workdir: one, all, or each new one as training writes it.
+"""Evaluation of saved checkpoints: one evaluator per workdir, reused for every step, and --watch.
 
-    python -m train.evaluate --workdir=DIR [--step=N | --all | --watch] [--split=validation]
-                             [--batches=N] [--batch_size=N] [--mesh=1,1,1] [--timeout=SECONDS]
-
-Metrics (loss, accuracy, perplexity, masked and total token counts, the most-frequent-token
-baseline) go to stdout, to workdir/eval/step_N.json (eval/<split>/ for other splits) and to
-TensorBoard under the same folder. Masks are those of the training loop's evaluation (same
-seed, same batches), so with equal --batches and --batch_size the numbers match the loop's.
---watch is the side job of a pod: it evaluates each new checkpoint once and exits after the
-config's final step, or after --timeout seconds.
+Masks are those of the training loop's evaluation (same seed, same batches), so with equal
+batches and batch size the numbers match the loop's. Results go to stdout,
+workdir/eval/step_N.json (eval/<split>/ for other splits) and TensorBoard.
 """
 
 from __future__ import annotations
@@ -18,30 +12,15 @@ import pathlib
 import time
 from typing import Callable
 
-from absl import flags
-
-from train import cli
-
-_WORKDIR = cli.WORKDIR
-_STEP = cli.STEP
-_ALL = flags.DEFINE_bool("all", False, "Evaluate every saved checkpoint.")
-_WATCH = flags.DEFINE_bool("watch", False, "Evaluate each new checkpoint once, until the final step.")
-_SPLIT = flags.DEFINE_enum("split", "validation", ["validation", "train"], "Packed rows to evaluate on.")
-_BATCHES = flags.DEFINE_integer("batches", None, "Batches per evaluation (default: config's train.eval_batches; 0: all).")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Rows per batch (default: config's train.batch_size).")
-_MESH = flags.DEFINE_list("mesh", ["1", "1", "1"], "Mesh shape (data, fsdp, tensor) of this job; one entry may be -1.")
-_TIMEOUT = flags.DEFINE_float("timeout", 3600.0, "--watch: give up after this many seconds.")
-_POLL = flags.DEFINE_float("poll", 10.0, "--watch: seconds between looks for new checkpoints.")
-
 
 class Evaluator:
     """The data, compiled eval step and metric sinks of one workdir, reused for every step."""
 
     def __init__(self, workdir: pathlib.Path, step: int, *, split: str, batches: int | None,
                  batch_size: int | None, mesh_shape: tuple[int, ...]):
-        from train.checkpoint import Checkpoints
+        from train.checkpoints.manager import Checkpoints
         from train.config import config_from_json
-        from train.evaluation import most_frequent_token
+        from train.heldout import most_frequent_token
         from train.inputs import check_same_data, masking_spec, prepare_data
         from train.mesh import check_divisibility, make_mesh
         from train.metrics import MetricWriter
@@ -80,8 +59,8 @@ class Evaluator:
 
     def evaluate(self, step: int) -> dict[str, float]:
         """Restores the params of `step`, evaluates them and writes the three sinks."""
-        from train.evaluation import evaluate
-        from train.param_reader import restore_params
+        from train.heldout import evaluate
+        from train.checkpoints.params import restore_params
 
         params = restore_params(self.workdir, step, self.layout.abstract["params"])
         rows = self.data.validation if self.split == "validation" else self.data.train
@@ -98,7 +77,7 @@ class Evaluator:
 
 def saved_steps(workdir: pathlib.Path) -> list[int]:
     """Finalized checkpoint steps (a save still in progress is not listed)."""
-    from train.checkpoint import Checkpoints
+    from train.checkpoints.manager import Checkpoints
 
     if not (workdir / "checkpoints").is_dir():
         return []
@@ -131,35 +110,3 @@ def watch(workdir: pathlib.Path, make: Callable[[int], Evaluator], *, timeout: f
     if evaluator is not None:
         evaluator.close()
     return done
-
-
-def main(argv: list[str]) -> None:
-    del argv
-    from train.config import ConfigError
-    from train.param_reader import resolve_step
-
-    if sum([_STEP.value is not None, _ALL.value, _WATCH.value]) > 1:
-        raise ConfigError("pass at most one of --step, --all and --watch")
-    workdir = pathlib.Path(_WORKDIR.value or "")
-    try:
-        mesh_shape = tuple(int(s) for s in _MESH.value)
-    except ValueError:
-        raise ConfigError(f"--mesh={','.join(_MESH.value)}; accepted: integers such as 1,1,1 or -1,1,1") from None
-    options = dict(split=_SPLIT.value, batches=_BATCHES.value, batch_size=_BATCH_SIZE.value, mesh_shape=mesh_shape)
-    if _WATCH.value:
-        if not _WORKDIR.value:
-            raise ConfigError("--workdir is required: the workdir of a training run")
-        watch(workdir, lambda step: Evaluator(workdir, step, **options), timeout=_TIMEOUT.value, poll=_POLL.value)
-        return
-    steps = saved_steps(workdir) if _ALL.value else [resolve_step(_WORKDIR.value or "", _STEP.value)]
-    if not steps:
-        resolve_step(_WORKDIR.value or "", None)  # says why there is nothing to evaluate
-    evaluator = Evaluator(workdir, steps[-1], **options)
-    for step in steps:
-        evaluator.evaluate(step)
-    evaluator.close()
-    print(f"results in {evaluator.out_dir}")
-
-
-if __name__ == "__main__":
-    cli.run(main)

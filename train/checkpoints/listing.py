@@ -1,4 +1,4 @@
-"""List a workdir's checkpoints: python -m train.checkpoints --workdir=DIR.
+"""A workdir's checkpoints as a listing: steps, commit times, sizes and metrics.
 
 Reads only files (no device work, no orbax restore): each step's commit time and size, the eval metrics
 stored in its meta, and the train/eval lines of workdir/metrics.jsonl at that step. Steps
@@ -12,9 +12,7 @@ import datetime
 import json
 import pathlib
 
-
-from train import cli
-from train.checkpoint import COMMIT_FILE, DAMAGED_DIR, commit_problem
+from train.checkpoints.manager import COMMIT_FILE, DAMAGED_DIR, commit_problem
 from train.config import ConfigError
 
 _SHOWN = ("loss", "accuracy", "perplexity")
@@ -116,16 +114,3 @@ def _human(num_bytes: int) -> str:
             return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
         num_bytes /= 1024
     return f"{num_bytes:.1f} TB"
-
-
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise ConfigError(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
-    workdir = cli.WORKDIR.value
-    if not workdir:
-        raise ConfigError("--workdir is required: the workdir of a training run")
-    print(format_listing(workdir))
-
-
-if __name__ == "__main__":
-    cli.run(main)

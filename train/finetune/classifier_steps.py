@@ -18,7 +18,7 @@ from train.mesh import batch_shardings, replicated
 from train.steps import in_mesh_context
 from train.optimizer import make_optimizer
 from train.state import StateLayout, TrainState
-from train.task_config import TaskConfig
+from train.config import TaskConfig
 
 Batch = dict[str, jax.Array]
 INPUT_KEYS = ("tokens", "token_types", "segment_ids", "positions")

@@ -194,7 +194,7 @@ def _llama_unsupported(cfg: ModelConfig) -> list[str]:
 
 def _llama_hf_config(cfg: ModelConfig, special: dict[str, int]) -> dict[str, Any]:
     theta = float(cfg.rope_theta)
-    # meshlm's decoder starts documents with [CLS] and ends them with [SEP] (train/decode.py).
+    # meshlm's decoder starts documents with [CLS] and ends them with [SEP] (train/generate/completions.py).
     tokens = {"pad_token_id": special["pad_token_id"], "bos_token_id": special.get("cls_token_id"),
               "eos_token_id": special.get("sep_token_id")}
     return {

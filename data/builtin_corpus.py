@@ -3,7 +3,7 @@
 It is made at run time from source files (parsed with `ast`, never imported), so a demo
 needs no download, and it is deterministic for one install: roots and files are walked in
 sorted order. The result is cached under a key of the Python version and the versions of
-the corpus distributions, one document per line, with about 2% of documents held out for validation.
+the corpus distributions, one document per line, with about 2% of documents held out for validation (data/documents.py).
 """
 
 import dataclasses
@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Iterator
 
 from data import docstrings
+from data.documents import is_validation
 
 # Bump when the extraction or filtering changes, so old caches are not reused.
 CORPUS_VERSION = 2
@@ -29,7 +30,6 @@ CORPUS_VERSION = 2
 # them changes neither the corpus nor its cache key.
 CORPUS_ROOT_DISTRIBUTIONS = ("absl-py", "flax", "jax", "numpy", "optax", "orbax-checkpoint",
                              "sentencepiece", "tensorboardX", "tensorflow-datasets", "tqdm")
-VALIDATION_PERCENT = 2
 MAX_FILE_BYTES = 1_000_000
 # Below this cap a build reads files in-process, since it stops early anyway.
 _PARALLEL_MIN_BYTES = 2_000_000
@@ -62,6 +62,11 @@ def _megabytes(num_bytes: int) -> str:
     """Sizes in MB with two significant-ish digits: 6.1, 0.12."""
     megabytes = num_bytes / 1e6
     return f"{megabytes:.1f}" if megabytes >= 1 else f"{megabytes:.2f}"
+
+
+def default_cache_dir() -> pathlib.Path:
+    """Where built corpora are cached: $MESHLM_CACHE, else ~/.cache/meshlm."""
+    return pathlib.Path(os.environ.get("MESHLM_CACHE", pathlib.Path.home() / ".cache" / "meshlm"))
 
 
 def builtin_corpus(cache_dir: str | os.PathLike, max_bytes: int | None = None) -> CorpusFiles:
@@ -152,12 +157,6 @@ def _write_corpus(directory: pathlib.Path, max_bytes: int | None) -> None:
                          "accepted: None or a cap of at least a few KB")
     info = dict(counts, version=CORPUS_VERSION, max_bytes=max_bytes, python=sys.version)
     (directory / "info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
-
-
-def is_validation(doc: str) -> bool:
-    """True for the ~2% of documents held out, by a hash that is stable across runs."""
-    digest = hashlib.blake2b(doc.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") % 100 < VALIDATION_PERCENT
 
 
 def _unique_documents(scratch: pathlib.Path, max_bytes: int | None) -> Iterator[str]:

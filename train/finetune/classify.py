@@ -9,12 +9,12 @@ import numpy as np
 
 from data.tasks import Example, LabelMap, encode_examples
 from data.tokenizer import Tokenizer
-from train.checkpoint import Checkpoints
+from train.checkpoints.manager import Checkpoints
 from train.config import ConfigError, config_from_json
-from train.finetune_data import LABELS_FILE
-from train.finetune_steps import INPUT_KEYS, classifier_factory, compile_predict, finetune_optimizer
+from train.finetune.task_data import LABELS_FILE
+from train.finetune.classifier_steps import INPUT_KEYS, classifier_factory, compile_predict, finetune_optimizer
 from train.mesh import make_mesh, to_global
-from train.param_reader import resolve_step
+from train.checkpoints.params import resolve_step
 from train.state import state_layout
 
 

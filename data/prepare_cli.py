@@ -1,6 +1,6 @@
 """Prepare once, train many: tokenize a source into a token store.
 
-    python -m data.prepare --source='files:corpus/*.jsonl' --tokenizer=tok.model \\
+    python -m data.prepare_cli --source='files:corpus/*.jsonl' --tokenizer=tok.model \\
         --vocab_size=32000 --out=stores/corpus
     python -m train.main --config=configs/bert_base.py --workdir=runs/a \\
         --config.data.source=store:stores/corpus
@@ -8,53 +8,22 @@
 --source takes every form data/sources.py accepts except store:. If --tokenizer does not
 exist and --vocab_size is given, a tokenizer is trained on the source's train documents
 first. Documents are tokenized in worker processes (--workers) into shards of
---shard_docs documents; see data/token_store.py for the layout.
+--shard_docs documents; see data/token_store.py for the layout and data/pipeline.py for the
+library (tokenize_to_store).
 
 This is a data/ program, so it cannot use train.cli (data/ never imports train/): it
 prints user mistakes (DataError, ValueError, OSError) as one line on stderr and exits 2
 itself, as train.cli.run does; --debug shows the traceback.
 """
 
-import os
-import pathlib
 import sys
 import time
 
 from absl import app, flags
 
-from data.sources import DataError, DecodeCounts, parse_source, source_documents
-from data.token_store import SHARD_DOCS, write_store
-from data.tokenizer import MODEL_TYPES, Tokenizer, train_tokenizer_on_documents
-
-def prepare(source: str, tokenizer: str, out: str, *, vocab_size: int = 0,
-            tokenizer_type: str = "unigram", text_field: str = "text", tfds_data_dir: str = "",
-            workers: int = 0, shard_docs: int = SHARD_DOCS,
-            builtin_dir: str | os.PathLike = "") -> dict:
-    """Tokenizes source into a new store at out (training the tokenizer if asked)."""
-    spec = parse_source(source)
-    if spec.kind == "store":
-        raise DataError(f"--source={source} is already a token store; give a text source")
-    if not tokenizer or not out:
-        raise DataError("--tokenizer and --out are required")
-    if pathlib.Path(out).expanduser().exists():
-        raise DataError(f"store {out} already exists; choose a new --out or delete it")
-    builtin_dir = builtin_dir or os.environ.get(
-        "MESHLM_CACHE", pathlib.Path.home() / ".cache" / "meshlm")
-    read = dict(text_field=text_field, tfds_data_dir=tfds_data_dir, builtin_dir=builtin_dir)
-    if not pathlib.Path(tokenizer).exists():
-        if vocab_size <= 0:
-            raise DataError(f"no tokenizer at {tokenizer}: give an existing .model, or "
-                            "--vocab_size=N to train one on the source")
-        train_tokenizer_on_documents(source_documents(spec, "train", **read), tokenizer,
-                                     vocab_size=vocab_size, model_type=tokenizer_type)
-    elif vocab_size and Tokenizer(tokenizer).vocab_size != vocab_size:
-        raise DataError(f"tokenizer {tokenizer} has {Tokenizer(tokenizer).vocab_size} pieces, "
-                        f"not --vocab_size={vocab_size}; drop --vocab_size or use another path")
-    counts = DecodeCounts()
-    splits = {split: source_documents(spec, split, counts=counts, **read)
-              for split in ("train", "validation")}
-    return write_store(out, tokenizer, splits, source=spec.describe(), workers=workers,
-                       shard_docs=shard_docs, counts=counts)
+from data.token_store import SHARD_DOCS
+from data.tokenizer import MODEL_TYPES
+from data.pipeline import tokenize_to_store
 
 
 def main(argv: list[str]) -> None:
@@ -66,7 +35,7 @@ def main(argv: list[str]) -> None:
         _fail("--source is required, e.g. --source='files:corpus/*.jsonl'")
     started = time.perf_counter()
     try:
-        manifest = prepare(f.source, f.tokenizer, f.out,
+        manifest = tokenize_to_store(f.source, f.tokenizer, f.out,
                            vocab_size=f.vocab_size, tokenizer_type=f.tokenizer_type,
                            text_field=f.text_field, tfds_data_dir=f.tfds_data_dir,
                            workers=f.workers, shard_docs=f.shard_docs)
@@ -87,7 +56,7 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
-if __name__ == "__main__":  # flags only here, so other programs can import prepare()
+if __name__ == "__main__":
     flags.DEFINE_string("source", None, "builtin | files:<glob>[,...] | tfds:<name>[:<split>]")
     flags.DEFINE_string("tokenizer", None, "sentencepiece .model to encode with (trained "
                         "here first if missing and --vocab_size is set).")

@@ -1,10 +1,10 @@
 """Exports a checkpoint for serving: a Hugging Face folder or a serialized jax.export artifact.
 
-    python -m train.export --workdir=DIR [--step=N] --format=hf --out=OUT [--dtype=bfloat16]
-    python -m train.export --workdir=DIR [--step=N] --format=jax --out=OUT [--platforms=cpu,cuda,tpu]
+    python -m train.interop.export_cli --workdir=DIR [--step=N] --format=hf --out=OUT [--dtype=bfloat16]
+    python -m train.interop.export_cli --workdir=DIR [--step=N] --format=jax --out=OUT [--platforms=cpu,cuda,tpu]
 
 hf writes BertForMaskedLM (model.arch=bert) or LlamaForCausalLM (model.arch=llama); jax writes
-forward.jax and, for decoders, decode.jax (one KV-cached decode step); see train/export_jax.py.
+forward.jax and, for decoders, decode.jax (one KV-cached decode step); see train/interop/jax_export.py.
 
 Parameters are read from the checkpoint one array at a time (whatever mesh wrote it) and
 written before the next is read, so host memory stays near the largest stored array.
@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from absl import flags
 
-from train import cli
+from train import program
 
-_WORKDIR = cli.WORKDIR
-_STEP = cli.STEP
+_WORKDIR = program.WORKDIR
+_STEP = program.STEP
 _FORMAT = flags.DEFINE_enum("format", "hf", ["hf", "jax"], "hf: Transformers folder; jax: jax.export artifact.")
 _OUT = flags.DEFINE_string("out", None, "Output folder (created; files in it are overwritten).")
 _DTYPE = flags.DEFINE_string("dtype", "float32", "Tensor dtype of the export: float32 | bfloat16.")
@@ -28,20 +28,20 @@ _KNOWN_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 
 def main(argv: list[str]) -> None:
     del argv
-    from train.export_hf import export_dtype, export_hf
-    from train.param_reader import CheckpointParams
+    from train.interop.hf_export import export_dtype, export_hf
+    from train.checkpoints.params import CheckpointParams
 
     if not _OUT.value:
-        raise cli.ConfigError("--out is required: the folder to write the export into")
+        raise program.ConfigError("--out is required: the folder to write the export into")
     export_dtype(_DTYPE.value)  # a bad dtype fails before any reading
     bad = [p for p in _PLATFORMS.value if p not in _KNOWN_PLATFORMS]
     if bad:
-        raise cli.ConfigError(f"--platforms={','.join(_PLATFORMS.value)}; accepted: {', '.join(_KNOWN_PLATFORMS)}")
+        raise program.ConfigError(f"--platforms={','.join(_PLATFORMS.value)}; accepted: {', '.join(_KNOWN_PLATFORMS)}")
     source = CheckpointParams(_WORKDIR.value or "", _STEP.value)
     if _FORMAT.value == "hf":
         path = export_hf(source, _OUT.value, _DTYPE.value)
     else:
-        from train.export_jax import export_jax
+        from train.interop.jax_export import export_jax
 
         path = export_jax(source, _OUT.value, _DTYPE.value, tuple(_PLATFORMS.value))
     print(f"exported checkpoint step {source.step} of {_WORKDIR.value} as {_FORMAT.value} "
@@ -49,4 +49,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    program.run(main)

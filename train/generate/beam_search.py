@@ -17,7 +17,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from model.config import ModelConfig
-from train.decoding import constrain_cache, decode_layout, decode_one, prefill
+from train.generate.autoregressive import constrain_cache, decode_layout, decode_one, prefill
 from train.mesh import batch_sharding, replicated, sharding_context
 
 

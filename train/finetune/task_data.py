@@ -16,7 +16,7 @@ import numpy as np
 from data.tasks import Example, Fields, LabelMap, encode_examples, read_examples, read_tfds_examples
 from data.tokenizer import Tokenizer
 from train.config import Config, ConfigError
-from train.task_config import POOLINGS, TaskConfig
+from train.config import POOLINGS, TaskConfig
 
 LABELS_FILE = "labels.json"
 BATCH_KEYS = ("tokens", "token_types", "segment_ids", "positions", "labels")

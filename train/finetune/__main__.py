@@ -1,4 +1,4 @@
-"""Fine-tune a classifier from a pretrained MLM workdir (the loop is train/finetune_loop.py).
+"""Fine-tune a classifier from a pretrained MLM workdir (the loop is train/finetune/classifier_loop.py).
 
     python -m train.finetune --config=configs/finetune_cls.py --init_from=PRETRAINED_WORKDIR \\
         --workdir=OUT --config.task.train_path=train.csv --config.task.validation_path=dev.csv
@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from absl import flags
 
-from train import cli
+from train import program
 from train.config import ConfigError
 
-_CONFIG = cli.CONFIG
+_CONFIG = program.CONFIG
 _INIT_FROM = flags.DEFINE_string("init_from", None, "Pretrained workdir whose latest checkpoint gives the encoder.")
-_WORKDIR = cli.WORKDIR
+_WORKDIR = program.WORKDIR
 
 
 def main(argv: list[str]) -> None:
@@ -21,15 +21,15 @@ def main(argv: list[str]) -> None:
         raise ConfigError(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
     if not _CONFIG.value:
         raise ConfigError("--config is required, e.g. --config=configs/finetune_cls.py")
-    config = cli.config_from_flags(_CONFIG.value)
-    from train.finetune_data import check_task
+    config = program.config_from_flags(_CONFIG.value)
+    from train.finetune.task_data import check_task
 
     check_task(config.task)
-    workdir = cli.writable_workdir(_WORKDIR.value)
-    from train.finetune_loop import finetune  # JAX starts here, after every check of the user's input
+    workdir = program.writable_workdir(_WORKDIR.value)
+    from train.finetune.classifier_loop import finetune  # JAX starts here, after every check of the user's input
 
     finetune(config, workdir, _INIT_FROM.value)
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    program.run(main)

@@ -19,10 +19,10 @@ import numpy as np
 from jax.sharding import Mesh
 
 from data.tokenizer import Tokenizer
-from train.checkpoint import Checkpoints
+from train.checkpoints.manager import Checkpoints
 from train.config import Config, ConfigError, config_from_json
-from train.finetune_data import TaskData, check_task, eval_batches, load_task, steps_per_epoch, train_batch
-from train.finetune_steps import classifier_factory, compile_steps, finetune_optimizer
+from train.finetune.task_data import TaskData, check_task, eval_batches, load_task, steps_per_epoch, train_batch
+from train.finetune.classifier_steps import classifier_factory, compile_steps, finetune_optimizer
 from train.mesh import check_divisibility, make_mesh, process_rows, to_global
 from train.metrics import MetricWriter
 from train.optimizer import make_optimizer

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from train.checkpoint import Checkpoints
+from train.checkpoints.manager import Checkpoints
 from train.config import Config, ConfigError, config_from_json
 
 ParamSpec = tuple[tuple[int, ...], np.dtype]

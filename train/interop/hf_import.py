@@ -1,6 +1,4 @@
-"""Turns a Hugging Face folder (BertForMaskedLM or LlamaForCausalLM) into a workdir.
-
-    python -m train.import_hf --hf_dir=DIR --workdir=OUT
+"""Reads a Hugging Face folder (BertForMaskedLM or LlamaForCausalLM) into a workdir.
 
 The workdir gets a step-0 checkpoint (params from model.safetensors, a fresh optimizer
 state), config.json derived from the HF config, and the sentencepiece tokenizer when the
@@ -18,12 +16,11 @@ import shutil
 
 import jax
 import numpy as np
-from absl import flags
 
-from train import cli
+from train import program
 from train.config import Config, ConfigError, DataConfig, validate
-from train.hf_families import Family, family_of_hf, from_hf
-from train.safetensors_file import SafetensorsReader
+from train.interop.hf_families import Family, family_of_hf, from_hf
+from train.interop.safetensors_file import SafetensorsReader
 
 SPM_NAMES = ("tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
 
@@ -86,7 +83,7 @@ def _hf_tensor(weights: SafetensorsReader, name: str, layout: str, shape: tuple[
 
 def import_hf(hf_dir: str | pathlib.Path, workdir: str | pathlib.Path) -> Config:
     """Writes workdir/{config.json, tokenizer.model, checkpoints/0} from an HF folder."""
-    from train.checkpoint import Checkpoints
+    from train.checkpoints.manager import Checkpoints
     from train.mesh import make_mesh
     from train.optimizer import make_optimizer
     from train.state import state_layout
@@ -98,7 +95,7 @@ def import_hf(hf_dir: str | pathlib.Path, workdir: str | pathlib.Path) -> Config
     if (workdir / "checkpoints").is_dir() and any((workdir / "checkpoints").iterdir()):
         raise ConfigError(f"--workdir={workdir} already has checkpoints; import into a new workdir")
     params = read_hf_params(family, config, SafetensorsReader(hf_dir / "model.safetensors"))
-    workdir = cli.writable_workdir(str(workdir))
+    workdir = program.writable_workdir(str(workdir))
     meta = {"config": json.loads(config.to_json()), "imported_from": str(hf_dir.absolute())}
     spm = next((hf_dir / n for n in SPM_NAMES if (hf_dir / n).is_file()), None)
     if spm is not None:
@@ -117,21 +114,3 @@ def import_hf(hf_dir: str | pathlib.Path, workdir: str | pathlib.Path) -> Config
     checkpoints.close()
     (workdir / "config.json").write_text(config.to_json())
     return config
-
-
-def main(argv: list[str]) -> None:
-    del argv
-    hf_dir, workdir = flags.FLAGS.hf_dir, cli.WORKDIR.value
-    if not hf_dir:
-        raise ConfigError("--hf_dir is required: a Transformers model folder")
-    if not workdir:
-        raise ConfigError("--workdir is required: the meshlm workdir to create")
-    config = import_hf(hf_dir, workdir)
-    m = config.model
-    print(f"imported {hf_dir} into {workdir} as checkpoint step 0: {m.num_layers} layers, "
-          f"hidden {m.hidden}, vocab {m.vocab_size}")
-
-
-if __name__ == "__main__":  # --hf_dir only here; --workdir (the workdir to create) is cli's
-    flags.DEFINE_string("hf_dir", None, "A Transformers model folder: config.json and model.safetensors.")
-    cli.run(main)

@@ -1,8 +1,8 @@
 """A checkpoint as a Hugging Face Transformers folder: config.json, model.safetensors, tokenizer.
 
 Tensors are streamed: each parameter is read from the checkpoint, converted to PyTorch
-layout and written before the next one is read (see train/param_reader.py and
-train/safetensors_file.py), so host memory stays near the largest stored array.
+layout and written before the next one is read (see train/checkpoints/params.py and
+train/interop/safetensors_file.py), so host memory stays near the largest stored array.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import numpy as np
 
 from data.tokenizer import Tokenizer
 from train.config import ConfigError
-from train.hf_families import Family, family_of, hf_shape, to_hf
-from train.param_reader import CheckpointParams
-from train.safetensors_file import TensorSpec, write_safetensors
+from train.interop.hf_families import Family, family_of, hf_shape, to_hf
+from train.checkpoints.params import CheckpointParams
+from train.interop.safetensors_file import TensorSpec, write_safetensors
 
 EXPORT_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 SPM_FILE = "tokenizer.model"

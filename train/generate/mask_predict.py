@@ -1,4 +1,4 @@
-"""Encoder generation, jitted: top-k fillers at every position (fill-mask) and mask-predict.
+"""Encoder generation: top-k fillers for each [MASK] (fill-mask), and mask-predict, jitted.
 
 Mask-predict (Ghazvininejad et al., 2019) fills a span of [MASK] tokens in T passes: pass
 1 predicts every masked slot; pass t re-masks the n = N (T - t) / T least confident
@@ -8,6 +8,7 @@ predictions of the span and predicts them again, keeping the rest.
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any, Callable, Sequence
 
 import jax
@@ -16,7 +17,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from train.mesh import batch_sharding, batch_shardings, replicated, sharding_context
+from train.config import ConfigError
+from train.mesh import batch_sharding, batch_shardings, replicated, sharding_context, to_global
 
 Batch = dict[str, jax.Array]
 _KEYS = ("tokens", "segment_ids", "positions")
@@ -83,3 +85,54 @@ def _in_mesh(fn: Callable, mesh: Mesh) -> Callable:
             return fn(*args)
 
     return run
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_WORD = re.compile(r"^[A-Za-z]{3,}$")
+
+
+def held_out_examples(documents: list[str], tokenizer, count: int) -> list[tuple[str, str]]:
+    """(masked sentence, hidden word) pairs from validation text: one single-piece word masked each."""
+    examples = []
+    for doc in documents:
+        for sentence in _SENTENCE_END.split(doc):
+            words = sentence.split()
+            if not 8 <= len(words) <= 24 or not sentence[:1].isupper():
+                continue
+            middle = range(len(words) // 3, len(words) - 1)
+            target = next((i for i in middle if _WORD.match(words[i])
+                           and len(tokenizer.encode(words[i])) == 1), None)
+            if target is None:
+                continue
+            examples.append((" ".join(words[:target] + ["[MASK]"] + words[target + 1:]), words[target]))
+            break  # one sentence per document keeps the examples varied
+        if len(examples) == count:
+            break
+    return examples
+
+
+def fill(trained, texts: list[str], top_k: int) -> list[list[list[tuple[str, float]]]]:
+    """For each text, for each [MASK] in it: the top_k (piece, probability) fillers."""
+    tok, seq_len = trained.data.tokenizer, trained.config.data.seq_len
+    rows = []
+    for text in texts:
+        ids = [tok.cls_id] + tok.encode(text) + [tok.sep_id]
+        if tok.mask_id not in ids:
+            raise ConfigError(f"--text={text!r} has no [MASK]; write [MASK] where a word should be filled")
+        if len(ids) > seq_len:
+            raise ConfigError(f"--text={text!r} is {len(ids)} tokens; accepted: at most {seq_len}")
+        rows.append(ids + [tok.pad_id] * (seq_len - len(ids)))
+    tokens = np.asarray(rows, np.int32)
+    batch = {"tokens": tokens, "segment_ids": (tokens != tok.pad_id).astype(np.int32),
+             "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), tokens.shape).copy()}
+    # Softmax and top-k run inside the jitted call: only [B, L, top_k] comes back to the host.
+    top_k_fn = compile_top_k_fillers(trained.layout.graphdef, trained.layout.shardings["params"], trained.mesh, top_k)
+    probs, ids = (np.asarray(x) for x in top_k_fn(trained.params, to_global(batch, trained.mesh)))
+    results = []
+    for row, row_probs, row_ids in zip(tokens, probs, ids):
+        per_mask = []
+        for position in np.flatnonzero(row == tok.mask_id):
+            per_mask.append([(tok.id_to_piece(int(i)).replace("▁", ""), float(p))
+                             for p, i in zip(row_probs[position], row_ids[position])])
+        results.append(per_mask)
+    return results

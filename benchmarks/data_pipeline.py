@@ -22,13 +22,11 @@ import numpy as np
 from absl import app, flags
 
 from data.batches import StepBatches
-from data.corpus import builtin_corpus, read_documents
+from data.builtin_corpus import builtin_corpus, default_cache_dir, read_documents
 from data.prefetch import prefetch_batches
-from data.prepare import prepare
-from data.store import prepare_store
+from data.pipeline import prepare, tokenize_to_store
 from data.tokenizer import load_or_train_tokenizer
 from train.config import load_config
-from train.inputs import default_cache_dir
 from train.masking import MaskingSpec, prediction_budget
 from train.mesh import make_mesh, to_global
 from train.optimizer import make_optimizer
@@ -51,14 +49,14 @@ def build_rows(workdir: pathlib.Path, seq_lens: tuple[int, ...]) -> dict:
         for split in (corpus.train, corpus.validation):
             f.writelines(json.dumps({"text": doc}) + "\n" for doc in read_documents(split))
     started = time.perf_counter()
-    manifest = prepare(f"files:{workdir}/corpus.jsonl", str(tokenizer.path),
+    manifest = tokenize_to_store(f"files:{workdir}/corpus.jsonl", str(tokenizer.path),
                        str(workdir / "store"), workers=_WORKERS.value, shard_docs=1024)
     seconds = time.perf_counter() - started
     tokens = sum(info["tokens"] for info in manifest["splits"].values())
     print(f"prepare: {tokens:,} tokens in "
           f"{sum(len(i['shards']) for i in manifest['splits'].values())} shards, "
           f"{seconds:.1f}s ({tokens / seconds:,.0f} tokens/s, workers={_WORKERS.value or 'auto'})")
-    return {L: prepare_store(workdir / f"w{L}", workdir / "store", seq_len=L,
+    return {L: prepare(workdir / f"w{L}", f"store:{workdir / 'store'}", seq_len=L,
                              vocab_size=4000).train for L in seq_lens}
 
 

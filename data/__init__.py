@@ -1,1 +1,12 @@
-"""Host-side data: corpus builders, tokenizer, token store, packing and step-indexed batches."""
+"""Host-side data, one way down: sources -> tokenizer -> token store -> packed rows -> batches.
+
+`pipeline.py` is the path a config takes: `sources.py` names a source and reads its
+documents (`builtin_corpus.py` + `docstrings.py`, `text_files.py`, `tfds_source.py`, all
+split as `documents.py` says), `tokenizer.py` trains or loads sentencepiece,
+`token_store.py` writes and reads tokenized shards, `packing.py` packs them into rows;
+`batches.py` and `prefetch.py` serve the rows of each step. `tasks.py` reads labelled
+examples for fine-tuning; `docstring_task.py` makes one. Commands: `python -m
+data.prepare_cli`, `data.build_tfds_cli`, `data.write_task_cli`.
+
+May import: numpy, sentencepiece, tensorflow_datasets, grain; never model/, train/ or jax.
+"""

@@ -2,7 +2,7 @@
 
 It needs no download, so tests and the README can fine-tune on it:
 
-    python -m data.docstring_task --out=DIR [--families=asyncio,email,logging] [--per_family=150]
+    python -m data.write_task_cli --out=DIR [--families=asyncio,email,logging] [--per_family=150]
 
 writes DIR/train.csv and DIR/validation.csv (columns text,label), balanced across the
 families, with a stable hash deciding which documents are held out.
@@ -10,7 +10,6 @@ families, with a stable hash deciding which documents are held out.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import os
@@ -71,17 +70,3 @@ def _write_splits(out: pathlib.Path, splits: dict[str, list[tuple[str, str]]]) -
             writer.writerows(rows)
         paths.append(path)
     return paths[0], paths[1]
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="Folder for train.csv and validation.csv.")
-    parser.add_argument("--families", default=",".join(DEFAULT_FAMILIES), help="Standard-library packages, comma-separated.")
-    parser.add_argument("--per_family", type=int, default=150, help="Documents per family (both splits together).")
-    args = parser.parse_args()
-    train, validation = write_task(args.out, tuple(args.families.split(",")), per_family=args.per_family)
-    print(f"wrote {train} and {validation}")
-
-
-if __name__ == "__main__":
-    main()

@@ -42,19 +42,18 @@ class PreparedData:
     tokenizer: Tokenizer
     train: PackedRows
     validation: PackedRows
-    store: TokenStore  # the documents the rows were packed from
+    source: CorpusFiles | TokenStore  # the built-in corpus's text files, or the store packed
     key: str  # names the tokenizer, documents and packing: equal keys mean equal rows
-    corpus: CorpusFiles | None = None  # the built-in corpus's text files, for that source
 
     def describe(self) -> str:
         """One line saying what the rows were made from, for logs."""
-        return self.corpus.describe() if self.corpus else self.store.describe()
+        return self.source.describe()
 
     def validation_documents(self, limit: int = 2000) -> list[str]:
         """Held-out documents as text: the built-in file's, or limit decoded from the store."""
-        if self.corpus is not None:
-            return read_documents(self.corpus.validation)
-        docs = self.store.documents("validation")
+        if isinstance(self.source, CorpusFiles):
+            return read_documents(self.source.validation)
+        docs = self.source.documents("validation")
         return [self.tokenizer.decode(ids) for ids, _ in zip(docs, range(limit))]
 
 
@@ -75,15 +74,17 @@ def prepare(workdir: str | os.PathLike, source: str | SourceSpec, *, seq_len: in
         tokenizer = _adopt_tokenizer(workdir / "tokenizer.model", store)
     else:
         tokenizer = _source_tokenizer(workdir / "tokenizer.model", spec, corpus, vocab_size, tokenizer_type, read)
-        store = _workdir_store(workdir, spec, corpus, tokenizer, read)
+        store = None if corpus else _workdir_store(workdir, spec, None, tokenizer, read)
     key = _rows_key(store, corpus, tokenizer, seq_len)
     rows_dir = workdir / "data" / key
     if not rows_dir.is_dir():
+        # The built-in corpus's key names its text, not a store: tokenize it only when packing.
+        store = store or _workdir_store(workdir, spec, corpus, tokenizer, read)
         pack_store(rows_dir, store, seq_len, cls_id=tokenizer.cls_id, sep_id=tokenizer.sep_id,
                    pad_id=tokenizer.pad_id)
     return PreparedData(tokenizer=tokenizer, train=PackedRows.load(rows_dir / "train"),
-                        validation=PackedRows.load(rows_dir / "validation"), store=store, key=key,
-                        corpus=corpus)
+                        validation=PackedRows.load(rows_dir / "validation"), source=corpus or store,
+                        key=key)
 
 
 def tokenize_to_store(source: str | SourceSpec, tokenizer: str | os.PathLike, out: str | os.PathLike, *,
@@ -172,7 +173,7 @@ def _adopt_tokenizer(model_path: pathlib.Path, store: TokenStore) -> Tokenizer:
     return tokenizer
 
 
-def _rows_key(store: TokenStore, corpus: CorpusFiles | None, tokenizer: Tokenizer, seq_len: int) -> str:
+def _rows_key(store: TokenStore | None, corpus: CorpusFiles | None, tokenizer: Tokenizer, seq_len: int) -> str:
     """A short hash of everything that decides the packed rows."""
     if corpus is not None:  # the built-in corpus keeps the key its rows had before stores
         identity = {"tokenizer": tokenizer.sha256(), "corpus": corpus.train.parent.name,

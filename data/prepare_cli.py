@@ -11,9 +11,9 @@ first. Documents are tokenized in worker processes (--workers) into shards of
 --shard_docs documents; see data/token_store.py for the layout and data/pipeline.py for the
 library (tokenize_to_store).
 
-This is a data/ program, so it cannot use train.cli (data/ never imports train/): it
+This is a data/ program, so it cannot use train.program (data/ never imports train/): it
 prints user mistakes (DataError, ValueError, OSError) as one line on stderr and exits 2
-itself, as train.cli.run does; --debug shows the traceback.
+itself, as train.program.run does; --debug shows the traceback.
 """
 
 import sys

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from data.sources import DataError, DecodeCounts
+from data.documents import DataError, DecodeCounts
 from data.tokenizer import Tokenizer
 
 FORMAT = 1
@@ -154,7 +154,7 @@ class TokenStore:
         path = self.directory / MANIFEST
         if not path.is_file():
             raise DataError(f"no token store at {self.directory}: expected {MANIFEST} written "
-                            "by python -m data.prepare")
+                            "by python -m data.prepare_cli")
         try:
             self.manifest = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -9,7 +9,7 @@ import pathlib
 
 import numpy as np
 
-from data.corpus import CorpusFiles, builtin_corpus
+from data.builtin_corpus import CorpusFiles, builtin_corpus
 from data.packing import PackedRows
 from data.tokenizer import Tokenizer, load_or_train_tokenizer
 

@@ -1,6 +1,6 @@
 """Every mistake a user can make gets one line naming it and what is accepted, exit 2, no traceback.
 
-The CLI runs in-process (`cli.run(train_main.main)` with sys.argv set), so each case costs
+The CLI runs in-process (`program.run(train_main.main)` with sys.argv set), so each case costs
 only its own checks; nothing the user had is written over.
 """
 
@@ -13,11 +13,11 @@ import pytest
 from absl import flags
 
 from train import main as train_main
-from data.corpus import read_documents
+from data.builtin_corpus import read_documents
 from data.tokenizer import train_tokenizer
-from train import cli
-from train.checkpoint import Checkpoints
-from train.checkpoints import format_listing
+from train import program
+from train.checkpoints.manager import Checkpoints
+from train.checkpoints.listing import format_listing
 from train.config import ConfigError
 from train.loop import train
 
@@ -31,7 +31,7 @@ def _cli(capsys, monkeypatch, *args) -> tuple[int, str]:
     monkeypatch.setattr(sys, "argv", ["train.main", *args])
     flags.FLAGS.unparse_flags()  # absl keeps a flag's last value when a later argv omits it
     with pytest.raises(SystemExit) as info:
-        cli.run(train_main.main)
+        program.run(train_main.main)
     return info.value.code, capsys.readouterr().err
 
 

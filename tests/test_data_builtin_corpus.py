@@ -1,12 +1,13 @@
-"""data/corpus.py and data/docstrings.py: a deterministic, cached, clean docstring corpus."""
+"""data/builtin_corpus.py and data/docstrings.py: a deterministic, cached, clean docstring corpus."""
 
 import json
 import re
 
 import pytest
 
-from data import corpus as corpus_module
-from data.corpus import builtin_corpus, corpus_distributions, is_validation, read_documents, source_files
+from data import builtin_corpus as corpus_module
+from data.builtin_corpus import builtin_corpus, corpus_distributions, read_documents, source_files
+from data.documents import is_validation
 from data.docstrings import MAX_DOC_BYTES, docstring_documents, file_documents
 from tests.data_fixtures import SMALL_CORPUS_BYTES, small_corpus
 

@@ -1,11 +1,11 @@
-"""data/packing.py and data/store.py: packed rows keep every token, segments well formed."""
+"""data/packing.py and data/pipeline.py: packed rows keep every token, segments well formed."""
 
 import numpy as np
 import pytest
 
-from data.corpus import read_documents
+from data.builtin_corpus import read_documents
 from data.packing import PackedRows, pack_documents
-from data.store import prepare_builtin
+from data.pipeline import prepare
 from tests.data_fixtures import SMALL_CORPUS_BYTES, SMALL_VOCAB, shared_dir
 
 CLS, SEP, PAD = 2, 3, 0
@@ -113,24 +113,29 @@ def test_mismatched_arrays_are_rejected():
 
 def test_prepare_builtin_packs_the_corpus_and_reuses_its_cache(tmp_path_factory, tmp_path):
     cache = shared_dir(tmp_path_factory) / "corpus"
-    data = prepare_builtin(tmp_path, cache_dir=cache, seq_len=64, vocab_size=SMALL_VOCAB,
-                           max_bytes=SMALL_CORPUS_BYTES)
+    data = prepare(tmp_path, "builtin", cache_dir=cache, seq_len=64, vocab_size=SMALL_VOCAB,
+                           max_corpus_bytes=SMALL_CORPUS_BYTES)
     tok = data.tokenizer
     assert (tmp_path / "tokenizer.model").is_file() and tok.vocab_size == SMALL_VOCAB
     assert data.train.seq_len == 64 and data.train.num_rows > 100
     assert data.validation.num_rows > 0
-    docs = read_documents(data.corpus.train)
+    docs = read_documents(data.source.train)
     encoded = [tok.encode(d) for d in docs]
     contents = [c for row in segments(data.train) for c in row]
     assert sorted(map(tuple, contents)) == sorted(map(tuple, expected_chunks(encoded, 64)))
-    stores = list((tmp_path / "data").iterdir())
+    stores = _rows_dirs(tmp_path)
     assert len(stores) == 1 and not stores[0].name.startswith(".")
     marker = stores[0] / "train" / "marker"
     marker.write_text("reused")
-    again = prepare_builtin(tmp_path, cache_dir=cache, seq_len=64, vocab_size=SMALL_VOCAB,
-                            max_bytes=SMALL_CORPUS_BYTES)
-    assert marker.exists() and list((tmp_path / "data").iterdir()) == stores
+    again = prepare(tmp_path, "builtin", cache_dir=cache, seq_len=64, vocab_size=SMALL_VOCAB,
+                            max_corpus_bytes=SMALL_CORPUS_BYTES)
+    assert marker.exists() and _rows_dirs(tmp_path) == stores
     np.testing.assert_array_equal(again.train.tokens, data.train.tokens)
-    other = prepare_builtin(tmp_path, cache_dir=cache, seq_len=32, vocab_size=SMALL_VOCAB,
-                            max_bytes=SMALL_CORPUS_BYTES)
-    assert other.train.seq_len == 32 and len(list((tmp_path / "data").iterdir())) == 2
+    other = prepare(tmp_path, "builtin", cache_dir=cache, seq_len=32, vocab_size=SMALL_VOCAB,
+                            max_corpus_bytes=SMALL_CORPUS_BYTES)
+    assert other.train.seq_len == 32 and len(_rows_dirs(tmp_path)) == 2
+
+
+def _rows_dirs(workdir):
+    """Packed-rows folders of a workdir (the corpus's token store, source-<key>, is apart)."""
+    return sorted(p for p in (workdir / "data").iterdir() if not p.name.startswith("source-"))

@@ -5,8 +5,7 @@ import pytest
 
 from data.batches import StepBatches
 from data.prefetch import prefetch, prefetch_batches
-from data.prepare import prepare
-from data.store import prepare_store
+from data.pipeline import prepare, tokenize_to_store
 
 from tests.data_fixtures import small_store_tokenizer, write_text_files
 
@@ -19,9 +18,9 @@ def rows(tmp_path_factory):
     tokenizer = small_store_tokenizer(tmp_path_factory)
     base = tmp_path_factory.mktemp("pipeline")
     write_text_files(base / "text", num_docs=200)
-    prepare(f"files:{base}/text/*", str(tokenizer.path), str(base / "s"), shard_docs=16,
+    tokenize_to_store(f"files:{base}/text/*", str(tokenizer.path), str(base / "s"), shard_docs=16,
             workers=1)
-    return prepare_store(base / "w", base / "s", seq_len=32,
+    return prepare(base / "w", f"store:{base / 's'}", seq_len=32,
                          vocab_size=tokenizer.vocab_size).train
 
 

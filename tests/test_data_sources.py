@@ -1,9 +1,10 @@
-"""data/sources.py and data/text_dataset.py: files and TFDS sources, offline, with clear errors."""
+"""data/sources.py, data/text_files.py and data/tfds_source.py: files and TFDS sources, offline, with clear errors."""
 
 import pytest
 
-from data.corpus import is_validation
-from data.sources import DataError, DecodeCounts, parse_source, source_documents
+from data.documents import is_validation
+from data.documents import DataError, DecodeCounts
+from data.sources import parse_source, source_documents
 from train.config import ConfigError, load_config
 
 from tests.data_fixtures import write_text_files
@@ -67,7 +68,7 @@ def test_missing_files_and_records_without_the_field_are_one_line_errors(tmp_pat
 
 
 def test_a_tfds_dataset_built_from_local_files_reads_like_c4(tmp_path):
-    from data.text_dataset import NAME, build_text_dataset
+    from data.tfds_source import NAME, build_text_dataset
 
     write_text_files(tmp_path / "text")
     build_text_dataset((f"{tmp_path}/text/*",), tmp_path / "tfds", num_shards=2)

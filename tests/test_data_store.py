@@ -1,4 +1,4 @@
-"""data/token_store.py and data/prepare.py: a sharded, hashed store, written whole or not at all."""
+"""data/token_store.py and data/pipeline.py: a sharded, hashed store, written whole or not at all."""
 
 import json
 import subprocess
@@ -7,10 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from data.corpus import is_validation
-from data.prepare import prepare
-from data.sources import DataError
-from data.store import prepare_source, prepare_store
+from data.documents import DataError, is_validation
+from data.pipeline import prepare, tokenize_to_store
 from data.token_store import TokenStore
 from train.config import load_config
 from train.inputs import masking_spec, prepare_data
@@ -30,7 +28,7 @@ def leftovers(directory) -> list[str]:
 
 def test_store_keeps_documents_whole_in_many_small_shards(tmp_path, tokenizer):
     docs = write_text_files(tmp_path / "text")
-    manifest = prepare(f"files:{tmp_path}/text/*", str(tokenizer.path), str(tmp_path / "s"),
+    manifest = tokenize_to_store(f"files:{tmp_path}/text/*", str(tokenizer.path), str(tmp_path / "s"),
                        shard_docs=16, workers=1)
     store = TokenStore(tmp_path / "s")
     train_docs = [d for d in docs if not is_validation(d)]
@@ -45,9 +43,9 @@ def test_store_keeps_documents_whole_in_many_small_shards(tmp_path, tokenizer):
 
 def test_parallel_tokenization_writes_the_same_store_as_one_process(tmp_path, tokenizer):
     write_text_files(tmp_path / "text")
-    one = prepare(f"files:{tmp_path}/text/*", str(tokenizer.path), str(tmp_path / "one"),
+    one = tokenize_to_store(f"files:{tmp_path}/text/*", str(tokenizer.path), str(tmp_path / "one"),
                   shard_docs=10, workers=1)
-    two = prepare(f"files:{tmp_path}/text/*", str(tokenizer.path), str(tmp_path / "two"),
+    two = tokenize_to_store(f"files:{tmp_path}/text/*", str(tokenizer.path), str(tmp_path / "two"),
                   shard_docs=10, workers=2)
     assert one["content_hash"] == two["content_hash"]
     assert one["splits"] == two["splits"]
@@ -55,7 +53,7 @@ def test_parallel_tokenization_writes_the_same_store_as_one_process(tmp_path, to
 
 def test_prepare_trains_a_tokenizer_when_asked(tmp_path):
     write_text_files(tmp_path / "text")
-    manifest = prepare(f"files:{tmp_path}/text/*", str(tmp_path / "new.model"),
+    manifest = tokenize_to_store(f"files:{tmp_path}/text/*", str(tmp_path / "new.model"),
                        str(tmp_path / "s"), vocab_size=100, tokenizer_type="bpe", workers=1)
     assert manifest["tokenizer"]["vocab_size"] == 100 and (tmp_path / "s/tokenizer.model").is_file()
 
@@ -78,14 +76,14 @@ def test_bad_inputs_leave_nothing_half_written(tmp_path, tokenizer, case):
         (tmp_path / "s").mkdir()
         expected = "already exists"
     with pytest.raises(DataError, match=expected):
-        prepare(f"files:{text}/*", str(tokenizer.path), str(tmp_path / "s"), shard_docs=4,
+        tokenize_to_store(f"files:{text}/*", str(tokenizer.path), str(tmp_path / "s"), shard_docs=4,
                 workers=1)
     assert leftovers(tmp_path) == [] and (case == "exists") == (tmp_path / "s").exists()
 
 
 def test_cli_prints_one_line_errors_and_a_summary(tmp_path, tokenizer):
     write_text_files(tmp_path / "text")
-    base = [sys.executable, "-m", "data.prepare", f"--tokenizer={tokenizer.path}"]
+    base = [sys.executable, "-m", "data.prepare_cli", f"--tokenizer={tokenizer.path}"]
     bad = subprocess.run(base + [f"--source=files:{tmp_path}/none/*.txt", f"--out={tmp_path}/s"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
@@ -98,9 +96,9 @@ def test_cli_prints_one_line_errors_and_a_summary(tmp_path, tokenizer):
 
 def test_training_packs_the_store_into_rows_with_every_token(tmp_path, tokenizer):
     docs = write_text_files(tmp_path / "text")
-    prepare(f"files:{tmp_path}/text/*", str(tokenizer.path), str(tmp_path / "s"), shard_docs=8,
+    tokenize_to_store(f"files:{tmp_path}/text/*", str(tokenizer.path), str(tmp_path / "s"), shard_docs=8,
             workers=1)
-    data = prepare_store(tmp_path / "w", tmp_path / "s", seq_len=32,
+    data = prepare(tmp_path / "w", f"store:{tmp_path / 's'}", seq_len=32,
                          vocab_size=tokenizer.vocab_size)
     tokens = np.asarray(data.train.tokens)
     ordinary = ~np.isin(tokens, [tokenizer.pad_id, tokenizer.cls_id, tokenizer.sep_id])
@@ -109,16 +107,16 @@ def test_training_packs_the_store_into_rows_with_every_token(tmp_path, tokenizer
     longest = max(len(ids) for ids in tokenizer.encode_batch(train_docs))
     assert longest > 30  # long documents were split across rows
     assert (tmp_path / "w/tokenizer.model").read_bytes() == tokenizer.path.read_bytes()
-    again = prepare_store(tmp_path / "w", tmp_path / "s", seq_len=32,
+    again = prepare(tmp_path / "w", f"store:{tmp_path / 's'}", seq_len=32,
                           vocab_size=tokenizer.vocab_size)
     assert again.key == data.key
     with pytest.raises(DataError, match="set --config.model.vocab_size=120"):
-        prepare_store(tmp_path / "w", tmp_path / "s", seq_len=32, vocab_size=64)
+        prepare(tmp_path / "w", f"store:{tmp_path / 's'}", seq_len=32, vocab_size=64)
 
 
 def test_config_sources_reach_prepare_data_with_whole_word_masking(tmp_path, tokenizer):
     write_text_files(tmp_path / "text")
-    prepare(f"files:{tmp_path}/text/*", str(tokenizer.path), str(tmp_path / "s"), workers=1)
+    tokenize_to_store(f"files:{tmp_path}/text/*", str(tokenizer.path), str(tmp_path / "s"), workers=1)
     overrides = ["model.vocab_size=120", "data.seq_len=32", "data.whole_word_masking=true"]
     from_store = prepare_data(load_config("configs/bert_tiny.py", overrides + [
         f"data.source=store:{tmp_path}/s"]), tmp_path / "w1")
@@ -139,8 +137,8 @@ def test_config_sources_reach_prepare_data_with_whole_word_masking(tmp_path, tok
 def test_on_the_fly_source_trains_its_tokenizer(tmp_path):
     from data.sources import parse_source
     write_text_files(tmp_path / "text")
-    data = prepare_source(tmp_path / "w", parse_source(f"files:{tmp_path}/text/*"), seq_len=32,
-                          vocab_size=90, model_type="bpe")
+    data = prepare(tmp_path / "w", parse_source(f"files:{tmp_path}/text/*"), seq_len=32,
+                   vocab_size=90, tokenizer_type="bpe")
     assert data.tokenizer.vocab_size == 90 and data.train.num_rows > 0
 
 

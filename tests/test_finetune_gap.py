@@ -58,9 +58,9 @@ import pytest
 
 from data.docstring_task import write_task
 from train.config import Config, DataConfig, MeshConfig, ModelConfig, OptimConfig, TrainConfig
-from train.finetune_loop import finetune
+from train.finetune.classifier_loop import finetune
 from train.loop import train
-from train.task_config import TaskConfig
+from train.config import TaskConfig
 
 MODEL = ModelConfig(vocab_size=1000, max_len=64, hidden=64, num_layers=2, num_heads=4, mlp_dim=256,
                     dropout=0.0, attention_dropout=0.0, init_std=0.05)

@@ -4,7 +4,10 @@
 #   ./launch.sh demo                 train configs/bert_tiny.py on the built-in corpus, then fill masks
 #   ./launch.sh test [pytest args]   install the test and hf extras and run the test suite
 #   ./launch.sh train [flags]        python -m train.main with these flags
-#   ./launch.sh run MODULE [flags]   python -m MODULE with these flags (train.evaluate, data.prepare, ...)
+#   ./launch.sh COMMAND [flags]      evaluate, checkpoints, decode, fill_mask, export, import_hf,
+#                                    finetune, predict, prepare, build_tfds, write_task: each is
+#                                    python -m of its module (README, "Layout")
+#   ./launch.sh run MODULE [flags]   python -m MODULE with these flags (any module with a main)
 #   ./launch.sh local --processes=N [--dry-run] -- [train flags]   N processes on this machine, one job
 #   ./launch.sh tpu --name=NAME --zone=ZONE [--project=P] [--dry-run] -- [train flags]   a Cloud TPU pod
 #   ./launch.sh slurm [--nodes=N --gpus_per_node=G ...] [--dry-run] -- [train flags]   sbatch + srun
@@ -75,6 +78,25 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 # tcmalloc) is left as it is.
 [[ -n "${GLIBC_TUNABLES:-}" || -n "${LD_PRELOAD:-}" ]] || export GLIBC_TUNABLES=glibc.malloc.hugetlb=1
 
+# The commands, each a module's main (a package's __main__.py or a *_cli.py module).
+command_module() {
+  case "$1" in
+    train) echo train.main ;;
+    evaluate) echo train.evaluate ;;
+    checkpoints) echo train.checkpoints ;;
+    decode) echo train.generate.decode_cli ;;
+    fill_mask) echo train.generate.fill_mask_cli ;;
+    export) echo train.interop.export_cli ;;
+    import_hf) echo train.interop.import_cli ;;
+    finetune) echo train.finetune ;;
+    predict) echo train.finetune.predict_cli ;;
+    prepare) echo data.prepare_cli ;;
+    build_tfds) echo data.build_tfds_cli ;;
+    write_task) echo data.write_task_cli ;;
+    *) return 1 ;;
+  esac
+}
+
 # shellcheck source=scripts/multihost.sh
 source "$ROOT/scripts/multihost.sh"
 
@@ -85,7 +107,7 @@ case "$cmd" in
     ensure_venv ""
     workdir="${WORKDIR:-$ROOT/workdirs/demo}"
     "$PY" -m train.main --config=configs/bert_tiny.py --workdir="$workdir" "$@"
-    "$PY" -m train.fill_mask --workdir="$workdir" --examples=5 --candidates=5
+    "$PY" -m "$(command_module fill_mask)" --workdir="$workdir" --examples=5 --candidates=5
     ;;
   test)
     ensure_venv "test,hf"
@@ -101,13 +123,17 @@ case "$cmd" in
     module="$1"; shift
     exec "$PY" -m "$module" "$@"
     ;;
+  evaluate|checkpoints|decode|fill_mask|export|import_hf|finetune|predict|prepare|build_tfds|write_task)
+    ensure_venv ""
+    exec "$PY" -m "$(command_module "$cmd")" "$@"
+    ;;
   local) launch_local "$@" ;;
   tpu) launch_tpu "$@" ;;
   slurm) launch_slurm "$@" ;;
   ""|-h|--help|help)
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
     ;;
   *)
-    die "unknown command '$cmd'; accepted: demo, test, train, run, local, tpu, slurm (see ./launch.sh --help)"
+    die "unknown command '$cmd'; accepted: demo, test, train, evaluate, checkpoints, decode, fill_mask, export, import_hf, finetune, predict, prepare, build_tfds, write_task, run, local, tpu, slurm (see ./launch.sh --help)"
     ;;
 esac

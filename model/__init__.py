@@ -35,6 +35,8 @@ act_head_dim, act_mlp, act_vocab (act_vocab also lays out the word table for the
 embedding lookup, whose `embed` axis is gathered whole first). Constraints apply only while both a mesh
 (`jax.set_mesh`) and rules (`nnx.logical_axis_rules`) are active at trace time; without
 them the model runs on one device with no context at all.
+
+May import: jax and flax only; never data/ or train/, and nothing here compiles: the jit boundaries are all in train/.
 """
 
 from model.classifier import BertClassifier

@@ -1,7 +1,7 @@
 # Multi-process launchers for launch.sh (sourced; uses its $ROOT, $PY, die, ensure_venv).
 #
 # Job args (after --) are the flags of `python -m train.main`; put --module=M before --
-# to run another entry point (train.evaluate, ...). Every process runs the same command;
+# to run another entry point (a command name such as evaluate, or a module path). Every process runs the same command;
 # train/distributed.py joins them into one JAX job.
 
 # Prints a command as one line that a shell reads back as the same words (what --dry-run shows).
@@ -24,7 +24,7 @@ parse_launcher_args() {
     case "$1" in
       --) shift; JOB_ARGS=("$@"); return 0 ;;
       --dry-run) DRY_RUN=1 ;;
-      --module=*) MODULE="${1#--module=}" ;;
+      --module=*) MODULE="${1#--module=}"; MODULE="$(command_module "$MODULE" || echo "$MODULE")" ;;
       *) OPTS+=("$1") ;;
     esac
     shift

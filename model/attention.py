@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from model import precision
 from model.dropout import dropout
 from model.kv_cache import LAYOUT as CACHE_LAYOUT
 from model.rope import apply_rope
@@ -86,9 +87,9 @@ def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache_k: jax.Arra
 
 
 def _head_projection(hidden: int, heads: int, head_dim: int, heads_name: str, *, init_std: float,
-                     use_bias: bool, dtype: jnp.dtype, param_dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.Einsum:
+                     use_bias: bool, dtype: jnp.dtype, param_dtype: jnp.dtype, rngs: nnx.Rngs) -> precision.Einsum:
     """hidden -> [heads, head_dim] (bias optional); kernel reshapes to HF's [heads*head_dim, hidden]."""
-    return nnx.Einsum(
+    return precision.Einsum(
         "bld,dhk->blhk", (hidden, heads, head_dim), (heads, head_dim) if use_bias else None,
         kernel_init=param_init(nnx.initializers.normal(init_std), ("embed", heads_name, "head_dim")),
         bias_init=param_init(nnx.initializers.zeros_init(), (heads_name, "head_dim")),
@@ -114,7 +115,7 @@ class Attention(nnx.Module):
         self.query = _head_projection(hidden, num_heads, head_dim, "heads", **common)
         self.key = _head_projection(hidden, num_kv_heads, head_dim, kv_name, **common)
         self.value = _head_projection(hidden, num_kv_heads, head_dim, kv_name, **common)
-        self.out = nnx.Einsum(
+        self.out = precision.Einsum(
             "blhk,hkd->bld", (num_heads, head_dim, hidden), (hidden,) if use_bias else None,
             kernel_init=param_init(nnx.initializers.normal(init_std), ("heads", "head_dim", "embed")),
             bias_init=param_init(nnx.initializers.zeros_init(), ("embed",)),

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from model import precision
 from model.block import EncoderBlock
 from model.config import ModelConfig
 from model.dropout import dropout, layer_keys, site_key
@@ -43,10 +44,10 @@ class BertClassifier(nnx.Module):
         self.embeddings = BertEmbeddings(cfg, rngs=rngs)
         self.layers = create_stack(lambda r: EncoderBlock(cfg, rngs=r), cfg.num_layers, rngs)
         # The pooler is hidden -> hidden like the MLM head's transform, and shards like it.
-        self.pooler = nnx.Linear(
+        self.pooler = precision.Linear(
             cfg.hidden, cfg.hidden, kernel_init=param_init(normal, ("embed", "transform")),
             bias_init=param_init(zeros, ("transform",)), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.classifier = nnx.Linear(
+        self.classifier = precision.Linear(
             cfg.hidden, num_labels, kernel_init=param_init(normal, ("transform", "classes")),
             bias_init=param_init(zeros, ("classes",)), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.pooling = pooling

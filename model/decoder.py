@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from model import precision
 from model.block import DecoderBlock
 from model.config import ModelConfig
 from model.dropout import layer_keys, site_key
@@ -43,7 +44,7 @@ class LlamaLM(nnx.Module):
         self.final_norm = RMSNorm(cfg.hidden, eps=cfg.layer_norm_eps, dtype=dtype,
                                   param_dtype=param_dtype, rngs=rngs)
         if not cfg.tie_embeddings:
-            self.lm_head = nnx.Linear(
+            self.lm_head = precision.Linear(
                 cfg.hidden, cfg.vocab_size, use_bias=False,
                 kernel_init=param_init(nnx.initializers.normal(cfg.init_std), ("embed", "vocab")),
                 dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -81,10 +82,12 @@ class LlamaLM(nnx.Module):
             logits = weight_first(self.embed.embedding[...].astype(self.dtype), hidden, 1,
                                   preferred_element_type=jnp.float32)
         elif self.tied:
-            logits = jnp.einsum("...d,vd->...v", hidden, self.embed.embedding[...].astype(self.dtype),
-                                preferred_element_type=jnp.float32)
+            logits = precision.project(hidden.astype(self.dtype), self.embed.embedding[...],
+                                       kernel_transposed=True, out_dtype=jnp.float32)
+        elif self.decode_layout:  # DecodeLMHead: the kernel held [vocab, embed]
+            logits = self.lm_head(hidden)
         else:
-            logits = self.lm_head(hidden).astype(jnp.float32)
+            logits = precision.project(hidden, self.lm_head.kernel[...], dtype=self.dtype, out_dtype=jnp.float32)
         if logits.ndim == 3:
             logits = constrain(logits, ("act_batch", "act_length", "act_vocab"))
         return logits

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from model import precision
 from model.config import ModelConfig
 from model.norm import LayerNorm
 from model.sharding import constrain, param_init
@@ -16,7 +17,7 @@ class MlmHead(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-        self.transform = nnx.Linear(
+        self.transform = precision.Linear(
             cfg.hidden, cfg.hidden,
             kernel_init=param_init(nnx.initializers.normal(cfg.init_std), ("embed", "transform")),
             bias_init=param_init(nnx.initializers.zeros_init(), ("transform",)),
@@ -31,8 +32,8 @@ class MlmHead(nnx.Module):
         """x [..., hidden], word_embedding [V, hidden] -> float32 logits [..., V]."""
         h = self.transform(x).astype(jnp.float32)
         h = self.norm(jax.nn.gelu(h, approximate=False))
-        logits = jnp.einsum("...d,vd->...v", h, word_embedding.astype(self.dtype),
-                            preferred_element_type=jnp.float32)
+        logits = precision.project(h.astype(self.dtype), word_embedding, kernel_transposed=True,
+                                   out_dtype=jnp.float32)
         logits = logits + self.bias[...].astype(jnp.float32)
         if logits.ndim == 3:  # [B, L, V], or [B, K, V] for K gathered prediction positions
             logits = constrain(logits, ("act_batch", "act_length", "act_vocab"))

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from model import precision
 from model.sharding import constrain, param_init
 
 
@@ -22,8 +23,8 @@ class Mlp(nnx.Module):
         normal = nnx.initializers.normal(init_std)
         zeros = nnx.initializers.zeros_init()
 
-        def linear(d_in: int, d_out: int, names: tuple[str, str]) -> nnx.Linear:
-            return nnx.Linear(
+        def linear(d_in: int, d_out: int, names: tuple[str, str]) -> precision.Linear:
+            return precision.Linear(
                 d_in, d_out, use_bias=use_bias, kernel_init=param_init(normal, names),
                 bias_init=param_init(zeros, names[1:]), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 

@@ -100,8 +100,10 @@ def _all_imports(path: pathlib.Path, own: set[str]) -> set[str]:
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+            submodules = {f"{node.module}.{alias.name}" for alias in node.names} & own
+            names.update(submodules)
+            if len(submodules) < len(node.names):  # `from pkg import name` runs pkg/__init__.py
+                names.add(node.module)
     return {n for n in names if n in own}
 
 

@@ -1,0 +1,70 @@
+"""Scores over checkpoints: `train.evaluate --tasks` (and --watch) writes each step's lm-eval scores
+beside its loss in eval/step_N.json and TensorBoard; they are the scores of that step's weights."""
+
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from train.evaluate.evaluator import Evaluator, saved_steps, watch
+from train.evaluate.harness import MeshLM
+from train.evaluate.task_scores import TaskOptions
+
+from tests.lm_eval_fixtures import DECODER_STEPS, decoder_workdir, expected_scores, write_tasks
+from tests.network_guard import offline_hubs
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TASKS = ("meshlm_mc", "meshlm_gen")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A copy of the two-step decoder workdir, the task folder, and each step's expected scores."""
+    workdir = tmp_path_factory.mktemp("scores") / "work"
+    shutil.copytree(decoder_workdir(tmp_path_factory), workdir)
+    latest = MeshLM(workdir=str(workdir), batch_size=8, mesh="1x1x1")
+    folder, answers, targets = write_tasks(tmp_path_factory.mktemp("tasks"), latest)
+    expected = {DECODER_STEPS[-1]: expected_scores(latest, answers, targets)}
+    for step in DECODER_STEPS[:-1]:
+        expected[step] = expected_scores(MeshLM(workdir=str(workdir), step=step, batch_size=8, mesh="1x1x1"),
+                                         answers, targets)
+    assert expected[DECODER_STEPS[0]] != expected[DECODER_STEPS[-1]]  # other weights, other scores
+    return workdir, folder, expected
+
+
+def test_watch_with_tasks_writes_each_steps_scores_beside_its_loss(setup, monkeypatch):
+    offline_hubs(monkeypatch)
+    workdir, folder, expected = setup
+    options = TaskOptions(TASKS, include_path=str(folder), bootstrap_iters=0)
+    make = lambda step: Evaluator(workdir, step, split="validation", batches=1, batch_size=8, mesh_shape=(1, 1, 1),
+                                  tasks=options)
+    lines = []
+    assert watch(workdir, make, timeout=120, poll=0.1, echo=lines.append) == list(DECODER_STEPS)
+    for step in DECODER_STEPS:
+        record = json.loads((workdir / "eval" / f"step_{step}.json").read_text())
+        assert record["loss"] > 0 and record["step"] == step
+        for task, metrics in expected[step].items():
+            for metric, value in metrics.items():
+                assert record["tasks"][task][metric] == pytest.approx(value), (step, task, metric)
+    logged = [json.loads(line) for line in (workdir / "eval" / "metrics.jsonl").read_text().splitlines()]
+    scores = {r["step"]: r for r in logged if r["split"] == "tasks"}
+    assert sorted(scores) == list(DECODER_STEPS)
+    assert scores[DECODER_STEPS[-1]]["meshlm_mc/acc"] == pytest.approx(expected[DECODER_STEPS[-1]]["meshlm_mc"]["acc"])
+    assert list((workdir / "eval" / "tensorboard").glob("events.out.tfevents.*"))
+    assert saved_steps(workdir) == list(DECODER_STEPS)
+
+
+def test_task_flags_without_tasks_and_unknown_tasks_get_one_line_errors(setup, tmp_path):
+    workdir, folder, _ = setup
+    base = [sys.executable, "-m", "train.evaluate", f"--workdir={workdir}", "--step=2", "--mesh=1,1,1"]
+    run = subprocess.run(base + ["--num_fewshot=2"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and run.stderr.strip() == (
+        "error: --include_path, --num_fewshot and --limit go with --tasks; pass --tasks=TASK[,TASK...]")
+    options = TaskOptions(("meshlm_mc", "no_such_task"), include_path=str(folder))
+    from train.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"\['no_such_task'\] are not lm-eval tasks or in --include_path="):
+        Evaluator(workdir, 2, split="validation", batches=1, batch_size=8, mesh_shape=(1, 1, 1), tasks=options)

@@ -16,7 +16,8 @@ Requests map onto meshlm's own jitted code:
 - `generate_until`: the compiled decoding loop with stop strings (continuations.py).
 
 Model args: workdir (required), step (latest by default), batch_size (rows per compiled
-call, rounded up to a multiple of the mesh's data x fsdp ways), mesh (data x fsdp x
+call; model args win over lm_eval's --batch_size; "auto" or none means 16; rounded up to a
+multiple of the mesh's data x fsdp ways), mesh (data x fsdp x
 tensor, e.g. 1x-1x1, the default: fsdp over every device), max_gen_toks (default: the
 smaller of 256 and half of max_len), seed (for sampled generation).
 """
@@ -174,7 +175,8 @@ class MeshLM(TemplateLM):
             windows = map(lm_utils.make_disjoint_window, lm_utils.get_rolling_token_windows(
                 token_list=ids, prefix_token=self.prefix_token_id, max_seq_len=self.cfg.max_len, context_len=1))
             groups.append([causal_row(context, target, self.cfg.max_len) for context, target in windows])
-        totals = [sum(lp for lp, _ in rows) for rows in self._score_groups(groups, disable_tqdm, "loglikelihood_rolling")]
+        scored = self._score_groups(groups, disable_tqdm, "loglikelihood_rolling")
+        totals = [sum(lp for lp, _ in rows) for rows in scored]
         for request, total in zip(requests, totals):
             self.cache_hook.add_partial("loglikelihood_rolling", request.args, total)
         return totals
@@ -214,9 +216,8 @@ class MeshLM(TemplateLM):
     def _score_groups(self, groups: list[list[Row]], disable_tqdm: bool, what: str) -> list[list[tuple[float, bool]]]:
         """Scores every group's rows in one pass of batches; results regrouped."""
         flat = [row for rows in groups for row in rows]
-        bar = tqdm(total=len(flat), disable=disable_tqdm, desc=f"meshlm {what} ({len(flat)} rows)")
-        scored = self.scorer.score(self.trained.params, flat)
-        bar.update(len(flat))
+        bar = tqdm(total=len(flat), disable=disable_tqdm, desc=f"meshlm {what} (rows)")
+        scored = self.scorer.score(self.trained.params, flat, progress=bar.update)
         bar.close()
         out, k = [], 0
         for rows in groups:

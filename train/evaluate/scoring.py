@@ -84,8 +84,9 @@ class Scorer:
         """The padded length of a batch whose longest row has n tokens."""
         return min(bucket(n), self.max_len)
 
-    def score(self, params: Any, rows: list[Row]) -> list[tuple[float, bool]]:
-        """(summed log-probability, all greedy) per row, in the order given."""
+    def score(self, params: Any, rows: list[Row],
+              progress: Callable[[int], Any] | None = None) -> list[tuple[float, bool]]:
+        """(summed log-probability, all greedy) per row, in the order given; `progress(n)` as n rows finish."""
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i].tokens))
         results: list[tuple[float, bool] | None] = [None] * len(rows)
         pending = None
@@ -93,10 +94,10 @@ class Scorer:
             chunk = order[first:first + self.batch_size]
             out = self._run(params, to_global(process_rows(self._batch([rows[i] for i in chunk])), self.mesh))
             if pending is not None:  # fetch one batch late so dispatch runs ahead of the host
-                _collect(results, *pending)
+                _collect(results, *pending, progress)
             pending = (chunk, out)
         if pending is not None:
-            _collect(results, *pending)
+            _collect(results, *pending, progress)
         return results  # type: ignore[return-value]
 
     def _batch(self, rows: list[Row]) -> dict[str, np.ndarray]:
@@ -116,7 +117,9 @@ class Scorer:
         return batch
 
 
-def _collect(results: list, chunk: list[int], out: dict[str, jax.Array]) -> None:
+def _collect(results: list, chunk: list[int], out: dict[str, jax.Array], progress: Callable | None) -> None:
     log_prob, greedy = jax.device_get((out["log_prob"], out["greedy"]))
     for k, i in enumerate(chunk):
         results[i] = (float(log_prob[k]), bool(greedy[k]))
+    if progress is not None:
+        progress(len(chunk))

@@ -16,6 +16,24 @@ from tests.network_guard import offline_hubs
 TASKS = ("meshlm_mc", "meshlm_gen")
 
 
+def _tensorboard_scalars(folder) -> dict:
+    """{(tag, step): value} from the TFRecord event files in `folder` (tensorboardX's own protobufs)."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    scalars = {}
+    for path in folder.glob("events.out.tfevents.*"):
+        data, offset = path.read_bytes(), 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset:offset + 8])
+            event = Event.FromString(data[offset + 12:offset + 12 + length])  # after length and its crc
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                scalars[(value.tag, event.step)] = value.simple_value
+    return scalars
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A copy of the two-step decoder workdir, the task folder, and each step's expected scores."""
@@ -55,5 +73,9 @@ def test_watch_with_tasks_writes_each_steps_scores_beside_its_loss(setup, monkey
     scores = {r["step"]: r for r in logged if r["split"] == "tasks"}
     assert sorted(scores) == list(DECODER_STEPS)
     assert scores[DECODER_STEPS[-1]]["meshlm_mc/acc"] == pytest.approx(expected[DECODER_STEPS[-1]]["meshlm_mc"]["acc"])
-    assert list((workdir / "eval" / "tensorboard").glob("events.out.tfevents.*"))
+    tags = _tensorboard_scalars(workdir / "eval" / "tensorboard")
+    for step in DECODER_STEPS:
+        assert tags[("tasks/meshlm_gen/exact_match", step)] == pytest.approx(
+            expected[step]["meshlm_gen"]["exact_match"])
+        assert ("validation/loss", step) in tags
     assert saved_steps(workdir) == list(DECODER_STEPS)

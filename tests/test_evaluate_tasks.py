@@ -66,6 +66,8 @@ def test_watch_with_tasks_writes_each_steps_scores_beside_its_loss(setup, monkey
     for step in DECODER_STEPS:
         record = json.loads((workdir / "eval" / f"step_{step}.json").read_text())
         assert record["loss"] > 0 and record["step"] == step
+        # A decoder's loss is next-token loss, as in its training loop: nearly every token is a target.
+        assert record["masked_tokens"] > 0.8 * record["tokens"]
         for task, metrics in expected[step].items():
             for metric, value in metrics.items():
                 assert record["tasks"][task][metric] == pytest.approx(value), (step, task, metric)

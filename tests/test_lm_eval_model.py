@@ -214,6 +214,8 @@ def test_bad_model_args_get_one_line_errors(tmp_path, decoder):
         MeshLM.create_from_arg_string("batch_size=4")
     with pytest.raises(ConfigError, match="has no checkpoints"):
         MeshLM.create_from_arg_string(f"workdir={tmp_path}")
+    with pytest.raises(ConfigError, match=r"step='last'; accepted: an integer"):
+        MeshLM(workdir=str(tmp_path), step="last")
     with pytest.raises(ConfigError, match=r"mesh='1,2'; accepted: data x fsdp x tensor"):
         MeshLM(workdir=str(tmp_path), mesh="1,2")
     with pytest.raises(ConfigError, match=r"\['pretrained'\] are not meshlm's; accepted: batch_size"):

@@ -44,6 +44,14 @@ DEFAULT_BATCH_SIZE = 16
 _GEN_KEYS = {"until", "max_gen_toks", "do_sample", "temperature", "top_k", "top_p"}
 
 
+def _int(name: str, value: Any) -> int:
+    """A model arg as an integer, or one line naming it."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}={value!r}; accepted: an integer") from None
+
+
 def parse_mesh(mesh: Any) -> tuple[int, ...]:
     """A mesh shape from "1x-1x1" (model args cannot hold commas) or a sequence of three ints."""
     try:
@@ -71,21 +79,21 @@ class MeshLM(TemplateLM):
 
             if not workdir:
                 raise ConfigError("model_args needs workdir=DIR: the workdir of a meshlm training run")
-            trained = open_workdir(workdir, None if step in (None, "") else int(step), parse_mesh(mesh))
+            trained = open_workdir(workdir, None if step in (None, "") else _int("step", step), parse_mesh(mesh))
         self.trained, self.workdir = trained, workdir
         cfg, tok = trained.config.model, trained.data.tokenizer
         self.tok, self.cfg, self.is_decoder = tok, cfg, cfg.arch == "llama"
         ways = trained.mesh.shape["data"] * trained.mesh.shape["fsdp"]
-        wanted = DEFAULT_BATCH_SIZE if batch_size in (None, "", "auto") or str(batch_size).startswith("auto") \
-            else int(batch_size)
+        wanted = DEFAULT_BATCH_SIZE if batch_size in (None, "") or str(batch_size).startswith("auto") \
+            else _int("batch_size", batch_size)
         if wanted < 1:
             raise ConfigError(f"batch_size={batch_size}; accepted: an integer >= 1")
         self._batch_size = ways * math.ceil(wanted / ways)
-        self._max_gen_toks = int(max_gen_toks) if max_gen_toks else min(256, cfg.max_len // 2)
+        self._max_gen_toks = _int("max_gen_toks", max_gen_toks) if max_gen_toks else min(256, cfg.max_len // 2)
         self.scorer = Scorer(trained.layout, trained.mesh, batch_size=self._batch_size, max_len=cfg.max_len,
                              pad_id=tok.pad_id)
         self.continuer = Continuer(trained.layout.graphdef, trained.layout.shardings["params"], cfg, trained.mesh,
-                                   tok, batch_size=self._batch_size, seed=int(seed)) if self.is_decoder else None
+                                   tok, batch_size=self._batch_size, seed=_int("seed", seed)) if self.is_decoder else None
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "MeshLM":

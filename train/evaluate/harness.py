@@ -92,8 +92,9 @@ class MeshLM(TemplateLM):
         self._max_gen_toks = _int("max_gen_toks", max_gen_toks) if max_gen_toks else min(256, cfg.max_len // 2)
         self.scorer = Scorer(trained.layout, trained.mesh, batch_size=self._batch_size, max_len=cfg.max_len,
                              pad_id=tok.pad_id)
-        self.continuer = Continuer(trained.layout.graphdef, trained.layout.shardings["params"], cfg, trained.mesh,
-                                   tok, batch_size=self._batch_size, seed=_int("seed", seed)) if self.is_decoder else None
+        self.continuer = None if not self.is_decoder else Continuer(
+            trained.layout.graphdef, trained.layout.shardings["params"], cfg, trained.mesh, tok,
+            batch_size=self._batch_size, seed=_int("seed", seed))
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "MeshLM":

@@ -151,3 +151,18 @@ def test_beam_search_width_one_is_greedy_and_wider_beams_score_higher():
     for prompt, g, b, lp in zip(PROMPTS, greedy, _rows(wide), np.asarray(wide["log_prob"])):
         assert _sequence_log_prob(host, prompt, b) == pytest.approx(float(lp), abs=1e-3)
         assert float(lp) >= _sequence_log_prob(host, prompt, g) - 1e-4
+
+
+def test_a_stop_sequence_ends_its_row_early_and_leaves_the_others_alone():
+    params, generate = _generator((1, 1, 1), jax.devices()[:1])
+    prompts = left_pad(PROMPTS, 8, PAD)
+    greedy = _rows(generate(params, prompts.tokens, prompts.lengths))
+    stop = greedy[0][2:4]  # two tokens inside row 0's greedy output
+    stops = np.full((4, 4), -1, np.int32)
+    stops[0, -2:] = stop
+    stops[1, -3:] = [EOS + 100, EOS + 101, EOS + 102]  # a sequence never generated
+    got = _rows(generate(params, prompts.tokens, prompts.lengths, stops=stops))
+    for want, row in zip(greedy, got):
+        ends = [k + 2 for k in range(1, len(want) - 1) if want[k:k + 2] == stop]  # not as the first token
+        assert row == (want[:ends[0]] if ends else want)
+    assert got[0] == greedy[0][:4]

@@ -115,7 +115,7 @@ def test_fill_mask_pipeline_equals_train_fill_mask(handoff):
     print(f"\nfill-mask pipeline vs train.fill_mask: same top-5 on {len(MASKED)} texts, "
           f"probabilities within {worst:.1e}")
     assert worst <= 1e-4
-    assert max(p for (candidates,) in ours for _, p in candidates) > 0.05  # trained: far from uniform (1/800)
+    assert max(p for (candidates,) in ours for _, p in candidates) > 0.02  # trained: far from uniform (1/800)
 
 
 def test_generate_equals_train_decode_greedy(handoff, decoded):

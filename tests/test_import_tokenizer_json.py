@@ -1,8 +1,10 @@
-"""Importing what users bring: a Llama folder whose tokenizer is a byte-level BPE tokenizer.json (Llama-3 style).
+"""Importing what users bring: Llama folders with a byte-level BPE tokenizer.json (Llama-3 style) or a
+sentencepiece tokenizer.model with bos/eos and byte fallback (Llama-2 / TinyLlama style).
 
-The folder is made at test time (tokenizers + transformers, random weights); it is imported,
-decoded, trained on for a few steps with `python -m train.main --workdir=...` alone, and
-exported, and each stage is compared with the original folder in Transformers.
+The folders are made at test time (tokenizers, sentencepiece, transformers; random weights).
+The tokenizer.json one is imported, decoded, trained on for a few steps with `python -m
+train.main --workdir=...` alone, and exported, each stage compared with the original folder
+in Transformers.
 """
 
 import json
@@ -11,6 +13,7 @@ import sys
 
 import numpy as np
 import pytest
+import sentencepiece as spm
 import torch
 import transformers
 from absl import flags
@@ -23,9 +26,8 @@ from train.interop.hf_export import export_hf
 from train.interop.hf_import import import_hf
 from train.workdir import open_workdir
 
-from tests.data_fixtures import BOS, EOS, SMALL_CORPUS_BYTES, VARIED_TEXTS, byte_level_bpe_folder, shared_dir
-
-pytestmark = pytest.mark.slow  # a decode compile and a few train steps: about half a minute
+from tests.data_fixtures import (BOS, EOS, SMALL_CORPUS_BYTES, VARIED_TEXTS, byte_level_bpe_folder, shared_dir,
+                                 small_corpus)
 
 PROMPTS = ["Return the", "The default value is", "If"]
 
@@ -78,6 +80,7 @@ def _train_cli(capsys, monkeypatch, *args):
     return info.value.code, capsys.readouterr().out
 
 
+@pytest.mark.slow  # a decode compile and a few train steps: about half a minute
 def test_import_decode_train_export_a_tokenizer_json_llama(llama_folder, tmp_path, tmp_path_factory, capsys,
                                                             monkeypatch):
     workdir = tmp_path / "imported"
@@ -126,3 +129,26 @@ def _meshlm_logits(trained, ids):
     model = nnx.merge(trained.layout.graphdef, jax.device_get(trained.params))
     tokens = np.asarray([ids], np.int32)
     return np.asarray(model(tokens, np.ones_like(tokens), np.arange(len(ids), dtype=np.int32)[None]))[0]
+
+
+def test_a_llama2_style_sentencepiece_folder(tmp_path, tmp_path_factory):
+    """tokenizer.model with <s>/</s>, no pad, byte fallback: imported as is, exported as an equal tokenizer.json."""
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    spm.SentencePieceTrainer.train(
+        input=str(small_corpus(tmp_path_factory).train), model_prefix=str(folder / "tokenizer"), vocab_size=400,
+        model_type="bpe", byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=0.99, minloglevel=2)
+    config = transformers.LlamaConfig(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
+                                      bos_token_id=1, eos_token_id=2)
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    import_hf(folder, tmp_path / "imported")
+    source = CheckpointParams(tmp_path / "imported")
+    tok = source.tokenizer()
+    assert (tok.cls_id, tok.sep_id, tok.pad_id, tok.mask_id) == (1, 2, 2, None)  # <s> starts, </s> ends and pads
+    export_hf(source, tmp_path / "out")
+    exported = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
+    assert exported.is_fast and (exported.bos_token, exported.eos_token) == ("<s>", "</s>")
+    assert [exported(t)["input_ids"] for t in VARIED_TEXTS] == [[1] + tok.encode(t) for t in VARIED_TEXTS]
+    assert (tmp_path / "out" / "tokenizer.model").read_bytes() == (folder / "tokenizer.model").read_bytes()

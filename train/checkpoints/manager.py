@@ -151,7 +151,7 @@ class Checkpoints:
         return state, meta, step
 
     def newest_sound(self, attempt: Callable[[int, dict], T], warn: Callable[[str], None], *,
-                     set_aside: bool, steps: list[int] | None = None) -> tuple[tuple[T, dict], int] | None:
+                     set_aside: bool) -> tuple[tuple[T, dict], int] | None:
         """((attempt(step, meta), meta), step) for the newest step whose files read; None if none does.
 
         A step is damaged when its commit marker or metadata does not read, or when `attempt`
@@ -159,7 +159,7 @@ class Checkpoints:
         reported by `warn` in one line and, when `set_aside` (training), moved out of the way.
         Any other error of `attempt` is the caller's and passes through.
         """
-        for step in sorted(self.all_steps() if steps is None else steps, reverse=True):
+        for step in sorted(self.all_steps(), reverse=True):
             try:
                 meta = self.restore_meta(step)
                 return (attempt(step, meta), meta), step

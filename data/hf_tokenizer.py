@@ -61,7 +61,7 @@ class HFTokenizer:
         data = self._path.read_bytes()
         try:
             self._tk = tokenizers.Tokenizer.from_str(data.decode("utf-8"))
-        except (UnicodeDecodeError, Exception) as e:  # tokenizers raises a bare Exception for bad JSON
+        except Exception as e:  # tokenizers raises a bare Exception for bad JSON
             raise ValueError(f"{self._path} is not a Hugging Face tokenizer.json ({str(e).splitlines()[0][:120]})") from None
         self._roles = read_roles(self._path.parent)
         role = self._role_id

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import pathlib
 import sys
@@ -46,7 +47,7 @@ class DamagedCheckpoint(ConfigError):
 @contextlib.contextmanager
 def reading(directory: pathlib.Path, step: int, what: str) -> Iterator[None]:
     """Turns any failure of orbax reading step's files into DamagedCheckpoint (user errors pass)."""
-    _quiet_abandoned_reads()
+    _quiet_orbax_noise()
     try:
         yield
     except ConfigError:
@@ -55,12 +56,13 @@ def reading(directory: pathlib.Path, step: int, what: str) -> Iterator[None]:
         raise DamagedCheckpoint(directory, step, f"unreadable {what}: {_first_line(e)}") from e
 
 
-def _quiet_abandoned_reads() -> None:
-    """Silences tensorstore's reports of reads still in flight when orbax gave up on a damaged step.
+def _quiet_orbax_noise() -> None:
+    """Silences what orbax and tensorstore print about a damaged step besides meshlm's one line.
 
-    Their results arrive after orbax closed the event loop they were for, and Python would
-    print a traceback for each ("Event loop is closed") around the one-line report; such a
-    report never says anything a user can act on.
+    Reads still in flight when orbax gave up on a step deliver their results after orbax
+    closed the event loop they were for, and Python would print a traceback for each ("Event
+    loop is closed"); orbax logs a cut commit marker as an error, with the file's content.
+    Neither says anything a user can act on.
     """
     previous = sys.unraisablehook
     if getattr(previous, "meshlm_quiet", False):
@@ -72,6 +74,7 @@ def _quiet_abandoned_reads() -> None:
 
     hook.meshlm_quiet = True
     sys.unraisablehook = hook
+    logging.getLogger("absl").addFilter(lambda record: not str(record.msg).startswith("Failed to json parse Metadata"))
 
 
 class Checkpoints:
@@ -80,6 +83,7 @@ class Checkpoints:
     def __init__(self, workdir: str | pathlib.Path, *, keep: int = 3, use_async: bool = True,
                  best_metric: str = "", best_mode: str = "auto"):
         """`best_metric`: also keep the checkpoint with the best `meta["metrics"][best_metric]`."""
+        _quiet_orbax_noise()
         self.workdir = pathlib.Path(workdir).absolute()
         self.directory = self.workdir / "checkpoints"
         self._keep = keep

@@ -175,6 +175,7 @@ def special_id_array(*ids: int | None) -> np.ndarray:
     return np.array(sorted({i for i in ids if i is not None}), np.int32)
 
 
+AnyTokenizer = Tokenizer | HFTokenizer
 SPM_FILE, HF_FILE = "tokenizer.model", "tokenizer.json"
 
 
@@ -188,7 +189,7 @@ def tokenizer_file(directory: str | os.PathLike) -> pathlib.Path | None:
     return found[0] if found else None
 
 
-def open_tokenizer(path: str | os.PathLike) -> "AnyTokenizer":
+def open_tokenizer(path: str | os.PathLike) -> AnyTokenizer:
     """A tokenizer file of either kind: *.json is a Hugging Face tokenizer.json, else sentencepiece."""
     path = pathlib.Path(path)
     if path.suffix == ".json":
@@ -196,16 +197,13 @@ def open_tokenizer(path: str | os.PathLike) -> "AnyTokenizer":
     return Tokenizer(path)
 
 
-def copy_tokenizer(tokenizer: "AnyTokenizer", directory: pathlib.Path) -> pathlib.Path:
+def copy_tokenizer(tokenizer: AnyTokenizer, directory: pathlib.Path) -> pathlib.Path:
     """Copies a tokenizer's files into directory under the standard names; returns its main file."""
     directory.mkdir(parents=True, exist_ok=True)
     if isinstance(tokenizer, HFTokenizer):
         return tokenizer.copy_to(directory)
     shutil.copyfile(tokenizer.path, directory / SPM_FILE)
     return directory / SPM_FILE
-
-
-AnyTokenizer = Tokenizer | HFTokenizer
 
 
 def fits_vocab(tokenizer: AnyTokenizer, vocab_size: int) -> bool:

@@ -2,6 +2,7 @@
 
     prepare(workdir, source, ...)
       1. the tokenizer: workdir/tokenizer.model, trained on the source's train documents once
+         (or the workdir's tokenizer.json, which an imported model brought)
       2. the token store: `store:<dir>` as given; any text source tokenized into
          workdir/data/source-<key>/ by tokenize_to_store (data/token_store.py)
       3. the packed rows: workdir/data/<key>/{train,validation} (data/packing.py)
@@ -22,14 +23,14 @@ import hashlib
 import json
 import os
 import pathlib
-import shutil
 
 from data.builtin_corpus import CorpusFiles, builtin_corpus, default_cache_dir, read_documents
 from data.documents import SPLITS, DataError, DecodeCounts
 from data.packing import PACK_WINDOW, PackedRows, pack_store
 from data.sources import SourceSpec, parse_source, source_documents
 from data.token_store import SHARD_DOCS, TokenStore, write_store
-from data.tokenizer import Tokenizer, load_or_train_tokenizer, train_tokenizer_on_documents
+from data.tokenizer import (SPM_FILE, AnyTokenizer, copy_tokenizer, fits_vocab, load_or_train_tokenizer,
+                            open_tokenizer, tokenizer_file, train_tokenizer_on_documents)
 
 # Bump when packing changes, so old rows are not reused.
 STORE_VERSION = 1
@@ -39,7 +40,7 @@ STORE_VERSION = 1
 class PreparedData:
     """What training needs from the data side: the tokenizer and packed rows per split."""
 
-    tokenizer: Tokenizer
+    tokenizer: AnyTokenizer
     train: PackedRows
     validation: PackedRows
     source: CorpusFiles | TokenStore  # the built-in corpus's text files, or the store packed
@@ -71,9 +72,10 @@ def prepare(workdir: str | os.PathLike, source: str | SourceSpec, *, seq_len: in
                 max_corpus_bytes=max_corpus_bytes)
     if spec.kind == "store":
         store = _open_store(spec.path, vocab_size)
-        tokenizer = _adopt_tokenizer(workdir / "tokenizer.model", store)
+        tokenizer = _adopt_tokenizer(workdir, store)
     else:
-        tokenizer = _source_tokenizer(workdir / "tokenizer.model", spec, corpus, vocab_size, tokenizer_type, read)
+        model_path = tokenizer_file(workdir) or workdir / SPM_FILE
+        tokenizer = _source_tokenizer(model_path, spec, corpus, vocab_size, tokenizer_type, read)
         store = None if corpus else _workdir_store(workdir, spec, None, tokenizer, read)
     key = _rows_key(store, corpus, tokenizer, seq_len)
     rows_dir = workdir / "data" / key
@@ -102,13 +104,13 @@ def tokenize_to_store(source: str | SourceSpec, tokenizer: str | os.PathLike, ou
     builtin_dir = builtin_dir or default_cache_dir()
     read = dict(text_field=text_field, tfds_data_dir=tfds_data_dir, builtin_dir=builtin_dir)
     if not pathlib.Path(tokenizer).exists():
-        if vocab_size <= 0:
-            raise DataError(f"no tokenizer at {tokenizer}: give an existing .model, or "
-                            "--vocab_size=N to train one on the source")
+        if vocab_size <= 0 or str(tokenizer).endswith(".json"):
+            raise DataError(f"no tokenizer at {tokenizer}: give an existing .model or tokenizer.json, or "
+                            "a .model path and --vocab_size=N to train one on the source")
         train_tokenizer_on_documents(source_documents(spec, "train", **read), tokenizer,
                                      vocab_size=vocab_size, model_type=tokenizer_type)
-    elif vocab_size and Tokenizer(tokenizer).vocab_size != vocab_size:
-        raise DataError(f"tokenizer {tokenizer} has {Tokenizer(tokenizer).vocab_size} pieces, "
+    elif vocab_size and open_tokenizer(tokenizer).vocab_size != vocab_size:
+        raise DataError(f"tokenizer {tokenizer} has {open_tokenizer(tokenizer).vocab_size} pieces, "
                         f"not --vocab_size={vocab_size}; drop --vocab_size or use another path")
     return _write_source_store(out, spec, tokenizer, read, workers=workers, shard_docs=shard_docs)
 
@@ -121,7 +123,7 @@ def _write_source_store(out, spec: SourceSpec, tokenizer_path, read: dict, **opt
 
 
 def _source_tokenizer(model_path: pathlib.Path, spec: SourceSpec, corpus: CorpusFiles | None,
-                      vocab_size: int, model_type: str, read: dict) -> Tokenizer:
+                      vocab_size: int, model_type: str, read: dict) -> AnyTokenizer:
     """The workdir's tokenizer, trained on the source's train documents if there is none yet."""
     if model_path.exists() or corpus is not None:
         return load_or_train_tokenizer(model_path, corpus.train if corpus else "", vocab_size=vocab_size,
@@ -131,7 +133,7 @@ def _source_tokenizer(model_path: pathlib.Path, spec: SourceSpec, corpus: Corpus
 
 
 def _workdir_store(workdir: pathlib.Path, spec: SourceSpec, corpus: CorpusFiles | None,
-                   tokenizer: Tokenizer, read: dict) -> TokenStore:
+                   tokenizer: AnyTokenizer, read: dict) -> TokenStore:
     """A text source's token store under workdir/data/source-<key>/, written once."""
     identity = {"source": spec.describe(), "text_field": read["text_field"],
                 "tfds_data_dir": read["tfds_data_dir"], "tokenizer": tokenizer.sha256(),
@@ -150,30 +152,30 @@ def _workdir_store(workdir: pathlib.Path, spec: SourceSpec, corpus: CorpusFiles 
 def _open_store(path: str, vocab_size: int) -> TokenStore:
     """A store made by data.prepare_cli, checked against its manifest and the model's vocabulary."""
     store = TokenStore(path)
-    tokenizer = Tokenizer(store.tokenizer_path)
+    tokenizer = open_tokenizer(store.tokenizer_path)
     if tokenizer.sha256() != store.manifest["tokenizer"]["sha256"]:
         raise DataError(f"{store.tokenizer_path} is not the tokenizer recorded in the store's "
                         "manifest: the store is damaged; prepare it again")
-    if tokenizer.vocab_size != vocab_size:
+    if not fits_vocab(tokenizer, vocab_size):
         raise DataError(f"store {store.directory} was tokenized with {tokenizer.vocab_size} "
                         f"pieces but model.vocab_size={vocab_size}; set "
                         f"--config.model.vocab_size={tokenizer.vocab_size}")
     return store
 
 
-def _adopt_tokenizer(model_path: pathlib.Path, store: TokenStore) -> Tokenizer:
+def _adopt_tokenizer(workdir: pathlib.Path, store: TokenStore) -> AnyTokenizer:
     """Copies the store's tokenizer into the workdir; refuses a workdir with another one."""
-    tokenizer = Tokenizer(store.tokenizer_path)
-    if not model_path.exists():
-        model_path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(tokenizer.path, model_path)
-    elif Tokenizer(model_path).sha256() != tokenizer.sha256():
-        raise DataError(f"{model_path} differs from the tokenizer of the data; use a new "
+    tokenizer = open_tokenizer(store.tokenizer_path)
+    existing = tokenizer_file(workdir)
+    if existing is None:
+        copy_tokenizer(tokenizer, workdir)
+    elif open_tokenizer(existing).sha256() != tokenizer.sha256():
+        raise DataError(f"{existing} differs from the tokenizer of the data; use a new "
                         "--workdir for this data")
     return tokenizer
 
 
-def _rows_key(store: TokenStore | None, corpus: CorpusFiles | None, tokenizer: Tokenizer, seq_len: int) -> str:
+def _rows_key(store: TokenStore | None, corpus: CorpusFiles | None, tokenizer: AnyTokenizer, seq_len: int) -> str:
     """A short hash of everything that decides the packed rows."""
     if corpus is not None:  # the built-in corpus keeps the key its rows had before stores
         identity = {"tokenizer": tokenizer.sha256(), "corpus": corpus.train.parent.name,

@@ -128,10 +128,16 @@ class Config:
 
 
 def load_config(path: str, overrides: typing.Sequence[str] = ()) -> Config:
-    """Loads `get_config()` from a config file, applies `a.b=value` overrides, validates."""
+    """Loads `get_config()` from a config file (or a workdir's config.json), applies `a.b=value` overrides, validates."""
     file = pathlib.Path(path)
     if not file.is_file():
         raise ConfigError(f"config file '{path}' not found; pass e.g. --config=configs/bert_tiny.py")
+    if file.suffix == ".json":
+        try:
+            config = config_from_json(file.read_text())
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"config file '{path}' is not a meshlm config.json: {e}") from None
+        return _overridden(config, overrides)
     spec = importlib.util.spec_from_file_location(f"meshlm_config_{file.stem}", file)
     module = importlib.util.module_from_spec(spec)
     try:
@@ -143,6 +149,11 @@ def load_config(path: str, overrides: typing.Sequence[str] = ()) -> Config:
     config = module.get_config()
     if not isinstance(config, Config):
         raise ConfigError(f"get_config() in '{path}' returned {type(config).__name__}, not train.config.Config")
+    return _overridden(config, overrides)
+
+
+def _overridden(config: Config, overrides: typing.Sequence[str]) -> Config:
+    """config with `a.b=value` overrides applied, validated."""
     for override in overrides:
         key, sep, value = override.partition("=")
         if not sep:

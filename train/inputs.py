@@ -29,6 +29,8 @@ def prepare_data(config: Config, workdir: pathlib.Path) -> PreparedData:
 def masking_spec(config: Config, data: PreparedData, mesh: Mesh) -> MaskingSpec:
     """BERT masking over this tokenizer's ids, with a per-row prediction budget."""
     tok, d = data.tokenizer, config.data
+    if tok.mask_id is None:
+        raise ConfigError(f"tokenizer {tok.path} has no mask token; masked-LM training (model.arch=bert) needs one")
     return MaskingSpec(
         mask_id=tok.mask_id, vocab_size=config.model.vocab_size,
         special_ids=tuple(int(i) for i in tok.special_ids()), probability=d.mlm_probability,
@@ -49,5 +51,5 @@ def check_same_data(saved: dict, data: PreparedData, what: str) -> None:
         if key in saved and saved[key] != value:
             raise ConfigError(
                 f"{what} was trained with {key}={saved[key]}, but this workdir now has {value} "
-                "(tokenizer.model or the corpus changed); restore the original tokenizer.model "
+                f"(the tokenizer or the corpus changed); restore the original {data.tokenizer.path.name} "
                 "or use a new --workdir")

@@ -4,6 +4,8 @@ Trust rules: a step is used only once orbax has committed it (renamed from its
 `*.orbax-checkpoint-tmp-*` folder and stamped `_CHECKPOINT_METADATA` with a commit time);
 a damaged latest step is reported in one line, moved to `workdir/damaged_checkpoints/`
 and the previous one is used; old steps are deleted only after a newer step has committed.
+Readers (evaluate, export, decode, fill-mask) follow the same rule through `newest_sound`,
+but leave a damaged step where it is: a reader never moves or deletes anything.
 
 Test hook (tests only): `MESHLM_TEST_HOLD_COMMIT=STEP:SECONDS` makes the background save of
 STEP sleep just before its commit (the rename), so a test can kill a run in the middle of an
@@ -12,20 +14,67 @@ asynchronous save.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import pathlib
+import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, TypeVar
 
 import jax
 import orbax.checkpoint as ocp
 
+from train.config import ConfigError
 from train.state import TrainState
+
+T = TypeVar("T")
 
 DAMAGED_DIR = "damaged_checkpoints"
 COMMIT_FILE = "_CHECKPOINT_METADATA"  # orbax writes it last; it holds the commit time
 _LOWER_IS_BETTER = ("loss", "perplexity")
+
+
+class DamagedCheckpoint(ConfigError):
+    """A saved step whose files cannot be read (truncated, half-copied, no commit marker)."""
+
+    def __init__(self, directory: pathlib.Path, step: int, problem: str):
+        super().__init__(f"checkpoint step {step} in {directory} is damaged ({problem})")
+        self.directory, self.step, self.problem = directory, step, problem
+
+
+@contextlib.contextmanager
+def reading(directory: pathlib.Path, step: int, what: str) -> Iterator[None]:
+    """Turns any failure of orbax reading step's files into DamagedCheckpoint (user errors pass)."""
+    _quiet_orbax_noise()
+    try:
+        yield
+    except ConfigError:
+        raise
+    except Exception as e:  # orbax/tensorstore raise many types for a bad file
+        raise DamagedCheckpoint(directory, step, f"unreadable {what}: {_first_line(e)}") from e
+
+
+def _quiet_orbax_noise() -> None:
+    """Silences what orbax and tensorstore print about a damaged step besides meshlm's one line.
+
+    Reads still in flight when orbax gave up on a step deliver their results after orbax
+    closed the event loop they were for, and Python would print a traceback for each ("Event
+    loop is closed"); orbax logs a cut commit marker as an error, with the file's content.
+    Neither says anything a user can act on.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "meshlm_quiet", False):
+        return
+
+    def hook(unraisable) -> None:
+        if not (isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value)):
+            previous(unraisable)
+
+    hook.meshlm_quiet = True
+    sys.unraisablehook = hook
+    logging.getLogger("absl").addFilter(lambda record: not str(record.msg).startswith("Failed to json parse Metadata"))
 
 
 class Checkpoints:
@@ -34,6 +83,7 @@ class Checkpoints:
     def __init__(self, workdir: str | pathlib.Path, *, keep: int = 3, use_async: bool = True,
                  best_metric: str = "", best_mode: str = "auto"):
         """`best_metric`: also keep the checkpoint with the best `meta["metrics"][best_metric]`."""
+        _quiet_orbax_noise()
         self.workdir = pathlib.Path(workdir).absolute()
         self.directory = self.workdir / "checkpoints"
         self._keep = keep
@@ -73,14 +123,19 @@ class Checkpoints:
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
 
     def restore(self, step: int, abstract_state: TrainState) -> tuple[TrainState, dict[str, Any]]:
-        """Loads step `step` into the shapes and shardings of `abstract_state`."""
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+        """Loads step `step` into the shapes and shardings of `abstract_state` (DamagedCheckpoint if it cannot)."""
+        with reading(self.directory, step, "state"):
+            restored = self._manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
         return restored["state"], restored["meta"]
 
     def restore_meta(self, step: int) -> dict[str, Any]:
         """Only the JSON metadata of a step (config, tokenizer), without touching devices."""
-        return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        problem = commit_problem(self.directory / str(step))
+        if problem is not None:
+            raise DamagedCheckpoint(self.directory, step, problem)
+        with reading(self.directory, step, "metadata"):
+            return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
     def restore_latest(self, abstract_state: TrainState, check: Callable[[int, dict], None],
                        warn: Callable[[str], None]) -> tuple[TrainState, dict[str, Any], int] | None:
@@ -89,24 +144,39 @@ class Checkpoints:
         `check(step, meta)` may raise ConfigError (another model, another tokenizer): that is
         the user's mistake, not damage, and is passed on untouched.
         """
+        def attempt(step: int, meta: dict) -> TrainState:
+            check(step, meta)
+            return self.restore(step, abstract_state)[0]
+
+        found = self.newest_sound(attempt, warn, set_aside=True)
+        if found is None:
+            return None
+        (state, meta), step = found
+        return state, meta, step
+
+    def newest_sound(self, attempt: Callable[[int, dict], T], warn: Callable[[str], None], *,
+                     set_aside: bool) -> tuple[tuple[T, dict], int] | None:
+        """((attempt(step, meta), meta), step) for the newest step whose files read; None if none does.
+
+        A step is damaged when its commit marker or metadata does not read, or when `attempt`
+        hits a DamagedCheckpoint of this step (it reads the state). Each damaged newer step is
+        reported by `warn` in one line and, when `set_aside` (training), moved out of the way.
+        Any other error of `attempt` is the caller's and passes through.
+        """
         for step in sorted(self.all_steps(), reverse=True):
-            problem = commit_problem(self.directory / str(step))
-            meta = None
-            if problem is None:
-                try:
-                    meta = self.restore_meta(step)
-                except Exception as e:  # orbax/tensorstore raise many types for a bad file
-                    problem = f"unreadable metadata: {_first_line(e)}"
-            if problem is None:
-                check(step, meta)
-                try:
-                    state, _ = self.restore(step, abstract_state)
-                    return state, meta, step
-                except Exception as e:
-                    problem = f"unreadable state: {_first_line(e)}"
-            moved = self._set_aside(step)
-            warn(f"warning: checkpoint step {step} in {self.directory} is damaged ({problem}); "
-                 f"moved it to {moved} and falling back to the previous checkpoint")
+            try:
+                meta = self.restore_meta(step)
+                return (attempt(step, meta), meta), step
+            except DamagedCheckpoint as e:
+                if e.step != step or e.directory != self.directory:
+                    raise
+                problem = e.problem
+            if set_aside:
+                warn(f"warning: checkpoint step {step} in {self.directory} is damaged ({problem}); "
+                     f"moved it to {self._set_aside(step)} and falling back to the previous checkpoint")
+            else:
+                warn(f"warning: checkpoint step {step} in {self.directory} is damaged ({problem}); "
+                     "using the previous checkpoint")
         return None
 
     def wait(self) -> None:

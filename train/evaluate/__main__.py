@@ -17,11 +17,13 @@ config's final step, or after --timeout seconds.
 from __future__ import annotations
 
 import pathlib
+import sys
 
 from absl import flags
 
 from train import program
-from train.evaluate.evaluator import Evaluator, saved_steps, watch
+from train.checkpoints.manager import DamagedCheckpoint
+from train.evaluate.evaluator import Evaluator, watch
 
 _WORKDIR = program.WORKDIR
 _STEP = program.STEP
@@ -43,7 +45,7 @@ _BOOTSTRAP = flags.DEFINE_integer("bootstrap_iters", 100_000, "--tasks: resample
 def main(argv: list[str]) -> None:
     del argv
     from train.config import ConfigError
-    from train.checkpoints.params import resolve_step
+    from train.checkpoints.params import read_checkpoint, saved_steps as existing_steps
 
     if sum([_STEP.value is not None, _ALL.value, _WATCH.value]) > 1:
         raise ConfigError("pass at most one of --step, --all and --watch")
@@ -67,14 +69,25 @@ def main(argv: list[str]) -> None:
             raise ConfigError("--workdir is required: the workdir of a training run")
         watch(workdir, lambda step: Evaluator(workdir, step, **options), timeout=_TIMEOUT.value, poll=_POLL.value)
         return
-    steps = saved_steps(workdir) if _ALL.value else [resolve_step(_WORKDIR.value or "", _STEP.value)]
-    if not steps:
-        resolve_step(_WORKDIR.value or "", None)  # says why there is nothing to evaluate
-    evaluator = Evaluator(workdir, steps[-1], **options)
-    for step in steps:
-        evaluator.evaluate(step)
-    evaluator.close()
-    print(f"results in {evaluator.out_dir}")
+    evaluators: list[Evaluator] = []  # one, made for the first step whose metadata reads
+
+    def evaluate(step: int, meta: dict) -> None:
+        if not evaluators:
+            evaluators.append(Evaluator(workdir, step, **options))
+        evaluators[0].evaluate(step)
+
+    if _ALL.value:
+        for step in existing_steps(_WORKDIR.value or ""):
+            try:
+                read_checkpoint(workdir, step, evaluate)
+            except DamagedCheckpoint as e:  # --all goes on past a damaged step
+                print(f"warning: {e}; skipped", file=sys.stderr)
+    else:  # --step, or the newest step whose files read
+        read_checkpoint(workdir, _STEP.value, evaluate)
+    if not evaluators:
+        raise ConfigError(f"every checkpoint of --workdir={workdir} is damaged; nothing was evaluated")
+    evaluators[0].close()
+    print(f"results in {evaluators[0].out_dir}")
 
 
 if __name__ == "__main__":

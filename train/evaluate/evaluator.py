@@ -107,17 +107,32 @@ def saved_steps(workdir: pathlib.Path) -> list[int]:
 
 def watch(workdir: pathlib.Path, make: Callable[[int], Evaluator], *, timeout: float, poll: float,
           echo=print) -> list[int]:
-    """Evaluates each new step once (skipping ones with results); stops at the final step or timeout."""
+    """Evaluates each new step once (skipping ones with results); stops at the final step or timeout.
+
+    A damaged step is reported once and skipped, as training falls back past it.
+    """
+    from train.checkpoints.manager import DamagedCheckpoint
+
     deadline = time.monotonic() + timeout
-    evaluator, done = None, []
+    evaluator, done, damaged = None, [], set()
     while True:
-        steps = saved_steps(workdir)
-        if steps and evaluator is None:
-            evaluator = make(steps[-1])
-        for step in steps:
-            if evaluator is not None and not evaluator.result_path(step).exists():
+        steps = [step for step in saved_steps(workdir) if step not in damaged]
+        for step in reversed(steps) if evaluator is None else []:  # made from the newest readable step
+            try:
+                evaluator = make(step)
+                break
+            except DamagedCheckpoint as e:
+                damaged.add(step)
+                echo(f"warning: {e}; skipped")
+        for step in steps if evaluator is not None else []:
+            if step in damaged or evaluator.result_path(step).exists():
+                continue
+            try:
                 evaluator.evaluate(step)
                 done.append(step)
+            except DamagedCheckpoint as e:
+                damaged.add(step)
+                echo(f"warning: {e}; skipped")
         if evaluator is not None and evaluator.final_step in steps:
             echo(f"reached the final step {evaluator.final_step}; evaluated steps {done}")
             break

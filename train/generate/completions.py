@@ -69,7 +69,7 @@ def complete(trained, prompts: list[str], sampling: Sampling) -> Completions:
     if trained.config.model.arch != "llama":
         raise ConfigError(f"the workdir holds a {trained.config.model.arch} model; decoding needs model.arch=llama "
                           "(for BERT use python -m train.generate.fill_mask_cli)")
-    tok, cfg = trained.data.tokenizer, trained.config.model
+    tok, cfg = trained.tokenizer, trained.config.model
     rows = encode_prompts(prompts, tok, cfg.max_len, sampling.max_new_tokens)
     batch = left_pad(rows, bucket(max(len(r) for r in rows)), tok.pad_id)
     common = dict(max_new_bucket=bucket(sampling.max_new_tokens), eos_id=tok.sep_id, pad_id=tok.pad_id)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from absl import flags
 
 from train import program
-from train.generate.mask_predict import fill, held_out_examples
+from train.generate.mask_predict import check_encoder, fill, held_out_examples
 
 _WORKDIR = program.WORKDIR
 _STEP = program.STEP
@@ -22,12 +22,12 @@ def main(argv: list[str]) -> None:
     del argv
     from train.workdir import open_workdir
 
-    trained = open_workdir(_WORKDIR.value or "", _STEP.value)
+    trained = open_workdir(_WORKDIR.value or "", _STEP.value, check=check_encoder)  # refused before any read
     if _TEXT.value:
         examples = [(text, None) for text in _TEXT.value]
     else:
         docs = trained.data.validation_documents()
-        examples = held_out_examples(docs, trained.data.tokenizer, _EXAMPLES.value)
+        examples = held_out_examples(docs, trained.tokenizer, _EXAMPLES.value)
     print(f"fill-mask with checkpoint step {trained.step} of {_WORKDIR.value}:")
     for (text, answer), masks in zip(examples, fill(trained, [t for t, _ in examples], _CANDIDATES.value)):
         print(f"\n  {text}" + (f"\n  (hidden word: {answer})" if answer else ""))

@@ -111,9 +111,20 @@ def held_out_examples(documents: list[str], tokenizer, count: int) -> list[tuple
     return examples
 
 
+def check_encoder(config) -> None:
+    """Fill-mask needs an encoder that reads both sides of a [MASK]; anything else is refused in one line."""
+    arch = config.model.arch
+    if arch != "bert":
+        raise ConfigError(f"the workdir holds a {arch} model; fill-mask needs an encoder (model.arch=bert) "
+                          "(for a decoder use python -m train.generate.decode_cli)")
+
+
 def fill(trained, texts: list[str], top_k: int) -> list[list[list[tuple[str, float]]]]:
     """For each text, for each [MASK] in it: the top_k (piece, probability) fillers."""
-    tok, seq_len = trained.data.tokenizer, trained.config.data.seq_len
+    check_encoder(trained.config)
+    if trained.tokenizer.mask_id is None:
+        raise ConfigError(f"tokenizer {trained.tokenizer.path} has no mask token; fill-mask needs one")
+    tok, seq_len = trained.tokenizer, trained.config.data.seq_len
     rows = []
     for text in texts:
         ids = [tok.cls_id] + tok.encode(text) + [tok.sep_id]

@@ -29,7 +29,7 @@ _KNOWN_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 def main(argv: list[str]) -> None:
     del argv
     from train.interop.hf_export import export_dtype, export_hf
-    from train.checkpoints.params import CheckpointParams
+    from train.checkpoints.params import CheckpointParams, read_checkpoint
 
     if not _OUT.value:
         raise program.ConfigError("--out is required: the folder to write the export into")
@@ -37,14 +37,17 @@ def main(argv: list[str]) -> None:
     bad = [p for p in _PLATFORMS.value if p not in _KNOWN_PLATFORMS]
     if bad:
         raise program.ConfigError(f"--platforms={','.join(_PLATFORMS.value)}; accepted: {', '.join(_KNOWN_PLATFORMS)}")
-    source = CheckpointParams(_WORKDIR.value or "", _STEP.value)
-    if _FORMAT.value == "hf":
-        path = export_hf(source, _OUT.value, _DTYPE.value)
-    else:
+    def export(step: int, meta: dict):
+        source = CheckpointParams(_WORKDIR.value, step)
+        if _FORMAT.value == "hf":
+            return export_hf(source, _OUT.value, _DTYPE.value)
         from train.interop.jax_export import export_jax
 
-        path = export_jax(source, _OUT.value, _DTYPE.value, tuple(_PLATFORMS.value))
-    print(f"exported checkpoint step {source.step} of {_WORKDIR.value} as {_FORMAT.value} "
+        return export_jax(source, _OUT.value, _DTYPE.value, tuple(_PLATFORMS.value))
+
+    # The newest step whose files read (a damaged newer one is named and passed over), or --step.
+    path, step = read_checkpoint(_WORKDIR.value or "", _STEP.value, export)
+    print(f"exported checkpoint step {step} of {_WORKDIR.value} as {_FORMAT.value} "
           f"({_DTYPE.value}) to {_OUT.value}: {path.name}")
 
 

@@ -56,7 +56,9 @@ class Evaluator:
             from train.evaluate.task_scores import TaskScores
             from train.workdir import TrainedModel
 
-            trained = TrainedModel(self.config, self.data, self.mesh, self.layout, None, step)
+            trained = TrainedModel(workdir, step, self.meta, self.config, self.data.tokenizer, self.mesh,
+                                   self.layout, None)
+            trained.data = self.data  # already prepared and checked above
             self.tasks = TaskScores(trained, tasks, batch_size=self.batch_size, workdir=str(workdir))
         self.out_dir = workdir / "eval" if split == "validation" else workdir / "eval" / split
         self.out_dir.mkdir(parents=True, exist_ok=True)

@@ -81,7 +81,7 @@ class MeshLM(TemplateLM):
                 raise ConfigError("model_args needs workdir=DIR: the workdir of a meshlm training run")
             trained = open_workdir(workdir, None if step in (None, "") else _int("step", step), parse_mesh(mesh))
         self.trained, self.workdir = trained, workdir
-        cfg, tok = trained.config.model, trained.data.tokenizer
+        cfg, tok = trained.config.model, trained.tokenizer
         self.tok, self.cfg, self.is_decoder = tok, cfg, cfg.arch == "llama"
         ways = trained.mesh.shape["data"] * trained.mesh.shape["fsdp"]
         wanted = DEFAULT_BATCH_SIZE if batch_size in (None, "") or str(batch_size).startswith("auto") \

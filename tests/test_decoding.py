@@ -80,6 +80,16 @@ def test_greedy_with_cache_equals_recompute(tied):
         assert row == _greedy_by_recompute(host_params, prompt, cfg)
 
 
+def test_prefill_through_splash_generates_what_recompute_does():
+    """The prompt's prefill runs the Splash kernel (interpreted here); decode steps read the cache."""
+    params, generate = _generator((1, 1, 1), jax.devices()[:1], dataclasses.replace(CFG, attention_impl="splash"))
+    prompts = left_pad(PROMPTS, 8, PAD)
+    got = _rows(generate(params, prompts.tokens, prompts.lengths))
+    host_params = jax.device_get(params)
+    for prompt, row in zip(PROMPTS, got):
+        assert row == _greedy_by_recompute(host_params, prompt)  # the XLA path, no cache
+
+
 def test_eight_devices_equal_one_device():
     prompts = left_pad(PROMPTS * 2, 8, PAD)
     runs = []

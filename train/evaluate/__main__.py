@@ -27,7 +27,7 @@ _WATCH = flags.DEFINE_bool("watch", False, "Evaluate each new checkpoint once, u
 _SPLIT = flags.DEFINE_enum("split", "validation", ["validation", "train"], "Packed rows to evaluate on.")
 _BATCHES = flags.DEFINE_integer("batches", None, "Batches per evaluation (default: config's train.eval_batches; 0: all).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Rows per batch (default: config's train.batch_size).")
-_MESH = flags.DEFINE_list("mesh", ["1", "1", "1"], "Mesh shape (data, fsdp, tensor) of this job; one entry may be -1.")
+_MESH = flags.DEFINE_list("mesh", ["1", "1", "1"], "Mesh shape (data, fsdp, tensor[, sequence]) of this job; one entry may be -1.")
 _TIMEOUT = flags.DEFINE_float("timeout", 3600.0, "--watch: give up after this many seconds.")
 _POLL = flags.DEFINE_float("poll", 10.0, "--watch: seconds between looks for new checkpoints.")
 

@@ -85,21 +85,23 @@ def _attend(kernel: kernel_lib.SplashAttentionKernel, q: jax.Array, k: jax.Array
 def _shard_axes(q_shape: tuple[int, ...], num_kv_heads: int) -> tuple:
     """Mesh axes of the batch, heads and query length under the active rules (None: not split).
 
-    A dimension that does not split evenly (or, for the length, into whole blocks) stays
-    whole; key/value heads split with the query heads, or grouped heads would lose their keys.
+    Axes of size 1 count as not split. A dimension that does not split evenly (or, for the
+    length, into whole blocks) stays whole; key/value heads split with the query heads, or
+    grouped heads would lose their keys.
     """
     spec = logical_spec(("act_batch", "act_heads", "act_length"))
     if spec is None:
         return None, None, None
     batch, heads, length = (tuple(spec) + (None,) * 3)[:3]
     num_batch, num_heads, q_len, _ = q_shape
-    if num_batch % mesh_axes_size(batch):
+    ways = mesh_axes_size(batch)
+    if ways == 1 or num_batch % ways:
         batch = None
     ways = mesh_axes_size(heads)
-    if num_heads % ways or num_kv_heads % ways:
+    if ways == 1 or num_heads % ways or num_kv_heads % ways:
         heads = None
     ways = mesh_axes_size(length)
-    if q_len % ways or (q_len // ways) % LANES:
+    if ways == 1 or q_len % ways or (q_len // ways) % LANES:
         length = None
     return batch, heads, length
 

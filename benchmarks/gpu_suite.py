@@ -93,6 +93,9 @@ def time_train_step(config: Config, steps: int) -> StepTiming:
     """Times the jitted train step on one device, bf16 compute."""
     m = dataclasses.replace(config.model, dtype="bfloat16", param_dtype="float32")
     seq_len, batch = config.data.seq_len, config.train.batch_size
+    rows = packed_rows(batch, seq_len, m.vocab_size)
+    if m.max_segments_per_row < rows["segment_ids"].max():  # cuDNN's bound must hold every row's documents
+        m = dataclasses.replace(m, max_segments_per_row=int(rows["segment_ids"].max()))
     mesh = make_mesh((1, 1, 1), jax.devices()[:1])
     tx, schedule = make_optimizer(config.optim, 1000)
     layout = state_layout(m, tx, mesh)
@@ -104,7 +107,7 @@ def time_train_step(config: Config, steps: int) -> StepTiming:
         head_fraction = budget / seq_len
     jitted = compile_train_step(layout, mesh, tx=tx, schedule=schedule, spec=spec, seed=0).__wrapped__
     state = init_state(m, tx, layout, mesh, seed=0)
-    batch_arrays = to_global(packed_rows(batch, seq_len, m.vocab_size), mesh)
+    batch_arrays = to_global(rows, mesh)
     with sharding_context(mesh):
         compiled = jitted.lower(state, batch_arrays).compile()
         for _ in range(2):
@@ -154,7 +157,8 @@ def check_fused_attention(impl: str, seq_len: int, config: Config) -> float:
 
     def outputs_and_grads(q, k, v, which):
         def loss(q, k, v):
-            out = self_attention(q, k, v, jnp.asarray(rows), causal=True, impl=which)
+            out = self_attention(q, k, v, jnp.asarray(rows), causal=True, impl=which,
+                                 max_segments=int(rows.max()))
             return jnp.sum(jnp.where(real, out.astype(jnp.float32) * cotangent, 0.0)), out
 
         (_, out), grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v)

@@ -25,8 +25,8 @@ from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from model.attention import attention_backend
-from model.splash import LANES as SPLASH_BLOCK
 from model.config import ModelConfig, cudnn_misfit
+from model.splash import LANES as SPLASH_BLOCK
 from train.config import MESH_AXES, ConfigError
 
 BATCH_AXES = ("data", "fsdp")

@@ -58,7 +58,7 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
     return out.reshape(batch, length, num_heads, head_dim)
 
 
-def attention_backend(impl: str, *, dtype: str, dropout_rate: float, head_dim: int,
+def attention_backend(impl: str, *, dtype: str | jnp.dtype, dropout_rate: float, head_dim: int,
                       length_sharded: bool = False, platform: str | None = None) -> str:
     """The kernel that runs for `impl`: itself, or for auto Splash on TPU, cuDNN on GPU, else XLA.
 

@@ -27,7 +27,8 @@ class EncoderBlock(nnx.Module):
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         self.attention = Attention(
             cfg.hidden, cfg.num_heads, cfg.resolved_head_dim, causal=False,
-            dropout_rate=cfg.attention_dropout, init_std=cfg.init_std, dtype=dtype,
+            dropout_rate=cfg.attention_dropout, init_std=cfg.init_std,
+            attention_impl=cfg.attention_impl, max_segments=cfg.max_segments_per_row, dtype=dtype,
             param_dtype=param_dtype, rngs=rngs)
         self.attention_norm = LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps, dtype=dtype,
                                         param_dtype=param_dtype, rngs=rngs)
@@ -57,7 +58,8 @@ class DecoderBlock(nnx.Module):
         self.attention = Attention(
             cfg.hidden, cfg.num_heads, cfg.resolved_head_dim, num_kv_heads=cfg.resolved_kv_heads,
             causal=True, dropout_rate=cfg.attention_dropout, init_std=cfg.init_std, use_bias=False,
-            rope_theta=cfg.rope_theta, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+            rope_theta=cfg.rope_theta, attention_impl=cfg.attention_impl,
+            max_segments=cfg.max_segments_per_row, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.mlp_norm = RMSNorm(cfg.hidden, **norm)
         self.mlp = Mlp(cfg.hidden, cfg.mlp_dim, init_std=cfg.init_std, gated=True, use_bias=False,
                        dtype=dtype, param_dtype=param_dtype, rngs=rngs)

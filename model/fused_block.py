@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from model.attention import attention_mask, cached_attention, dot_product_attention
+from model.attention import cached_attention, self_attention
 from model.block import DecoderBlock
 from model.kv_cache import write_cache
 from model.rope import apply_rope
@@ -48,16 +48,19 @@ class FusedDecoderBlock(nnx.Module):
         self.down = named_param(mlp.down.kernel[...].T, ("embed", "mlp"))
         self.attention_norm, self.mlp_norm = block.attention_norm, block.mlp_norm
         self.kv_act_name = attention.kv_act_name
+        self.attention_impl, self.max_segments = attention.attention_impl, attention.max_segments
         self.rope_theta = attention.rope_theta
         self.dtype = block.dtype
 
     def __call__(self, x: jax.Array, segment_ids: jax.Array, positions: jax.Array, *,
                  dropout_key: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """As `DecoderBlock.__call__` (no dropout in this layout): (x, keys, values [B, L, K, D])."""
+        """As `DecoderBlock.__call__` (no dropout in this layout; a prefill runs the fused kernel
+        where the platform has one): (x, keys, values [B, L, K, D])."""
         del dropout_key
         q, k, v = self._project(x, positions)
-        mask = attention_mask(segment_ids, segment_ids, causal=True)
-        return self._mlp_residual(self._residual_attention(x, dot_product_attention(q, k, v, mask))), k, v
+        out = self_attention(q, k, v, segment_ids, causal=True, impl=self.attention_impl,
+                             max_segments=self.max_segments, kv_heads_name=self.kv_act_name)
+        return self._mlp_residual(self._residual_attention(x, out)), k, v
 
     def decode(self, x: jax.Array, positions: jax.Array, cache_k: jax.Array, cache_v: jax.Array,
                index: jax.Array, key_mask: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:

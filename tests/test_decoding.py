@@ -80,6 +80,23 @@ def test_greedy_with_cache_equals_recompute(tied):
         assert row == _greedy_by_recompute(host_params, prompt, cfg)
 
 
+@pytest.mark.slow
+def test_cached_decoding_at_8k_tokens_equals_recompute():
+    """An 8000-token prompt (left-padded to 8192) prefilled through Splash (interpreted), then
+    cached decode steps over 8k+ slots, gives the greedy tokens of full forward passes (Splash
+    too, equal to the XLA path by tests/test_attention_kernels.py: no [L, L] array here)."""
+    cfg = dataclasses.replace(CFG, max_len=8192, attention_impl="splash")
+    params, generate = _generator((1, 1, 1), jax.devices()[:1], cfg)
+    prompt = [int(t) for t in np.random.default_rng(0).integers(5, 64, 8000)]
+    prompts = left_pad([prompt], 8192, PAD)
+    got = _rows(generate(params, prompts.tokens, prompts.lengths, max_new_tokens=6))[0]
+    graphdef = nnx.graphdef(model_factory(cfg)(0))
+    ids = jnp.asarray([prompt + got[:-1]], jnp.int32)
+    logits = jax.jit(lambda p, ids: nnx.merge(graphdef, p)(ids, jnp.ones_like(ids), jnp.arange(ids.shape[1])[None]))(
+        params, ids)
+    assert len(got) == 6 and got == np.asarray(jnp.argmax(logits[0, len(prompt) - 1:], -1)).tolist()
+
+
 def test_eight_devices_equal_one_device():
     prompts = left_pad(PROMPTS * 2, 8, PAD)
     runs = []

@@ -17,10 +17,10 @@ from typing import Any
 
 from data.documents import DataError
 from data.sources import parse_source
-from model.config import ModelConfig
+from model.config import ATTENTION_IMPLS, ModelConfig, cudnn_misfit
 
 __all__ = [
-    "Config", "ConfigError", "DataConfig", "MeshConfig", "ModelConfig", "OptimConfig",
+    "Config", "ConfigError", "DataConfig", "MESH_AXES", "MeshConfig", "ModelConfig", "OptimConfig",
     "TaskConfig", "TrainConfig", "apply_override", "load_config", "validate",
 ]
 
@@ -104,11 +104,22 @@ class TaskConfig:
     body_learning_rate_ratio: float = 1.0  # encoder's rate as a fraction of optim.learning_rate
 
 
+# The mesh axes, in the order `mesh.shape` lists their sizes (train/mesh.py says what each
+# splits). A new axis goes at the end: shapes written before it existed list fewer sizes,
+# and the axes they leave out have size 1 (a 3-entry shape is (data, fsdp, tensor)).
+MESH_AXES = ("data", "fsdp", "tensor", "sequence")
+MIN_MESH_AXES = 3  # the axes every shape lists
+
+
 @dataclasses.dataclass
 class MeshConfig:
-    """The device mesh: axes (data, fsdp, tensor); one entry may be -1 to take the rest."""
+    """The device mesh: sizes of (data, fsdp, tensor[, sequence]); one entry may be -1 to take the rest."""
 
     shape: tuple[int, ...] = (1, 1, 1)
+
+    def sizes(self) -> dict[str, int]:
+        """Each mesh axis's size (-1 kept), the axes a shorter shape leaves out at 1."""
+        return dict(zip(MESH_AXES, tuple(self.shape) + (1,) * (len(MESH_AXES) - len(self.shape))))
 
 
 @dataclasses.dataclass
@@ -220,6 +231,7 @@ _CHOICES = {
     "model.param_dtype": ("float32", "bfloat16"),
     "model.arch": ("bert", "llama"),
     "model.remat": ("none", "full", "dots"),
+    "model.attention_impl": ATTENTION_IMPLS,
     "optim.schedule": ("linear", "cosine", "constant"),
     "train.keep_best_metric": ("", "loss", "accuracy", "perplexity"),
     "train.keep_best_mode": ("auto", "min", "max"),
@@ -241,7 +253,7 @@ def validate(config: Config) -> None:
         raise ConfigError(f"config key 'data.source': {e}") from None
     _at_least(config, ["model.vocab_size"], 16)
     _at_least(config, ["model.max_len", "data.seq_len"], 4)
-    _at_least(config, ["model.hidden", "model.num_layers", "model.num_heads", "model.mlp_dim",
+    _at_least(config, ["model.hidden", "model.num_layers", "model.num_heads", "model.mlp_dim", "model.max_segments_per_row",
                        "train.steps", "train.batch_size", "train.log_every",
                        "train.checkpoint_every", "train.keep_checkpoints"], 1)
     _at_least(config, ["model.head_dim", "optim.warmup_steps", "train.eval_every",
@@ -264,6 +276,7 @@ def validate(config: Config) -> None:
     if not m.head_dim and m.hidden % m.num_heads:
         raise ConfigError(f"model.hidden={m.hidden} is not divisible by model.num_heads={m.num_heads}; set model.head_dim or change either")
     _check_decoder_fields(m)
+    _check_attention_fields(m)
     if d.seq_len > m.max_len:
         raise ConfigError(f"data.seq_len={d.seq_len} exceeds model.max_len={m.max_len}; accepted: data.seq_len <= model.max_len")
     if o.eps <= 0:
@@ -272,9 +285,15 @@ def validate(config: Config) -> None:
     if t.keep_best_metric and not (t.eval_every and t.checkpoint_every % t.eval_every == 0):
         raise ConfigError(f"train.keep_best_metric='{t.keep_best_metric}' needs an eval at every checkpoint; "
                           f"accepted: train.eval_every a divisor of train.checkpoint_every={t.checkpoint_every}")
-    if len(config.mesh.shape) != 3 or any(s == 0 or s < -1 for s in config.mesh.shape) or config.mesh.shape.count(-1) > 1:
+    shape = config.mesh.shape
+    if not MIN_MESH_AXES <= len(shape) <= len(MESH_AXES) or any(s == 0 or s < -1 for s in shape) or shape.count(-1) > 1:
         raise ConfigError(
-            f"mesh.shape={config.mesh.shape}; accepted: 3 sizes for (data, fsdp, tensor), each >= 1, at most one -1")
+            f"mesh.shape={shape}; accepted: {MIN_MESH_AXES} to {len(MESH_AXES)} sizes for ({', '.join(MESH_AXES)}), "
+            "each >= 1, at most one -1")
+    sequence = config.mesh.sizes()["sequence"]
+    if sequence > 1 and d.seq_len % sequence:
+        raise ConfigError(f"data.seq_len={d.seq_len} does not divide by the mesh's sequence={sequence}; "
+                          "accepted: a sequence axis that divides the row length")
 
 
 def _check_decoder_fields(m: ModelConfig) -> None:
@@ -287,6 +306,19 @@ def _check_decoder_fields(m: ModelConfig) -> None:
                           "accepted: rope_theta > 0 and an even head dim")
     if m.arch == "bert" and not m.tie_embeddings:
         raise ConfigError("model.tie_embeddings=false is only for model.arch=llama; BERT's MLM head is tied")
+
+
+def _check_attention_fields(m: ModelConfig) -> None:
+    """A fused kernel named outright must be able to run the model (auto falls back to XLA instead)."""
+    if m.attention_impl in ("splash", "cudnn") and m.attention_dropout > 0:
+        raise ConfigError(f"model.attention_impl={m.attention_impl} has no attention dropout but "
+                          f"model.attention_dropout={m.attention_dropout}; accepted: attention_dropout=0, "
+                          "or attention_impl=auto or xla")
+    if m.attention_impl == "cudnn":
+        misfit = cudnn_misfit(m.dtype, m.resolved_head_dim, length_sharded=False)
+        if misfit:
+            raise ConfigError(f"model.attention_impl=cudnn: {misfit}; accepted: a model cuDNN can run "
+                              "(e.g. model.dtype=bfloat16), or attention_impl=auto or xla")
 
 
 def _check_types(obj: Any, prefix: str) -> None:

@@ -7,6 +7,7 @@ import pathlib
 from jax.sharding import Mesh
 
 from data.builtin_corpus import default_cache_dir
+from data.packing import PackedRows
 from data.pipeline import PreparedData, prepare
 from train.config import Config, ConfigError
 from train.masking import MaskingSpec, budget_for_mesh, prediction_budget
@@ -53,3 +54,22 @@ def check_same_data(saved: dict, data: PreparedData, what: str) -> None:
                 f"{what} was trained with {key}={saved[key]}, but this workdir now has {value} "
                 f"(the tokenizer or the corpus changed); restore the original {data.tokenizer.path.name} "
                 "or use a new --workdir")
+
+
+def check_documents_per_row(data: PreparedData, bound: int) -> None:
+    """cuDNN attention is built for at most `bound` documents per row: refuses rows with more.
+
+    A row's segment ids count its documents 1, 2, ..., so the largest id is the most any
+    row holds; one pass over the (memory-mapped) ids, once per run.
+    """
+    for split, rows in (("train", data.train), ("validation", data.validation)):
+        most = _most_documents(rows)
+        if most > bound:
+            raise ConfigError(
+                f"model.attention_impl runs cuDNN, built for model.max_segments_per_row={bound} documents a "
+                f"row, but {split} rows hold up to {most}; accepted: --config.model.max_segments_per_row={most} "
+                "(or more), or attention_impl=xla")
+
+
+def _most_documents(rows: PackedRows) -> int:
+    return int(rows.segment_ids.max()) if rows.num_rows else 0

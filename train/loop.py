@@ -18,8 +18,8 @@ from train.config import Config, ConfigError, config_from_json
 from train.distributed import primary_first
 from train.heldout import evaluate, most_frequent_token
 from train.flops import mfu, non_embedding_params, peak_flops_per_device, train_flops_per_token
-from train.inputs import check_same_data, data_identity, masking_spec, prepare_data
-from train.mesh import check_divisibility, make_mesh, to_global
+from train.inputs import check_documents_per_row, check_same_data, data_identity, masking_spec, prepare_data
+from train.mesh import attention_kernel, check_divisibility, make_mesh, to_global
 from train.metrics import MetricWriter, ProgressBar
 from train.nonfinite import NonFiniteGuard
 from train.optimizer import make_optimizer
@@ -64,15 +64,19 @@ def train(config: Config, workdir: pathlib.Path) -> dict[str, float]:
     mesh = make_mesh(config.mesh.shape)  # before the data: a bad mesh fails in a second
     check_divisibility(mesh, batch_size=t.batch_size, num_heads=config.model.num_heads,
                        num_kv_heads=config.model.resolved_kv_heads)
+    kernel = attention_kernel(config.model, mesh, config.data.seq_len)
     bar = ProgressBar(t.steps, 0, enabled=primary and t.progress_bar)
     log = bar.write if primary else (lambda line: None)
     data = primary_first(lambda: prepare_data(config, workdir))
     log(data.describe())
     log(f"tokenizer: {data.tokenizer.path} ({data.tokenizer.vocab_size} pieces); "
         f"rows of {config.data.seq_len}: {data.train.num_rows} train, {data.validation.num_rows} validation")
+    if kernel == "cudnn":
+        check_documents_per_row(data, config.model.max_segments_per_row)
     tx, schedule = make_optimizer(config.optim, t.steps)
     layout = state_layout(config.model, tx, mesh)
-    log(f"model: {layout.param_count / 1e6:.2f}M parameters; mesh {dict(mesh.shape)} over {mesh.devices.size} devices")
+    log(f"model: {layout.param_count / 1e6:.2f}M parameters; mesh {dict(mesh.shape)} over {mesh.devices.size} devices; "
+        f"attention: {kernel} (model.attention_impl={config.model.attention_impl})")
 
     checkpoints = Checkpoints(workdir, keep=t.keep_checkpoints, best_metric=t.keep_best_metric,
                               best_mode=t.keep_best_mode)

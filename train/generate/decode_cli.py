@@ -22,7 +22,7 @@ _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "Tokens to generate per pr
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0 decodes greedily; > 0 samples.")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens (0: all).")
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "Sample within the smallest set of mass >= top_p.")
-_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_SEED = program.SEED
 _BEAM = flags.DEFINE_integer("beam_width", 1, "> 1 runs beam search instead of sampling.")
 _LENGTH_PENALTY = flags.DEFINE_float("length_penalty", 1.0, "Beam score = log-prob / length ** this.")
 

@@ -17,7 +17,7 @@ _STEP = program.STEP
 _TEXT = program.TEXT
 _EXAMPLES = flags.DEFINE_integer("examples", 5, "Held-out sentences to mask when no --text is given.")
 _CANDIDATES = flags.DEFINE_integer("candidates", 5, "Fillers to print per mask (the top k).")
-_SEED = flags.DEFINE_integer("seed", 0, "Which held-out sentences and hidden words are drawn (without --text).")
+_SEED = program.SEED
 
 def main(argv: list[str]) -> None:
     del argv

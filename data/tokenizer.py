@@ -18,6 +18,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import sentencepiece as spm
 
+from data.integrity import check_recorded_sha256, record_sha256
+
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 1, 2, 3, 4
 PAD_PIECE, UNK_PIECE = "[PAD]", "[UNK]"
 CLS_PIECE, SEP_PIECE, MASK_PIECE = "[CLS]", "[SEP]", "[MASK]"
@@ -33,6 +35,8 @@ class Tokenizer:
         self._path = pathlib.Path(model_path)
         model = _read_model(self._path)
         self._sha256 = hashlib.sha256(model).hexdigest()
+        check_recorded_sha256(self._path, self._sha256, "restore the original file, or start over "
+                              "in a new --workdir (checkpoints are tied to their tokenizer)")
         self._sp = _load_processor(self._path, model)
         self._pad_id = self._sp.pad_id()
         if self._pad_id < 0:
@@ -207,6 +211,7 @@ def _write_model(model: bytes, model_path: pathlib.Path) -> None:
                     for i in range(processor.get_piece_size()))
     _write_atomic(model_path.with_suffix(".vocab"), vocab.encode())
     _write_atomic(model_path, model)
+    record_sha256(model_path, hashlib.sha256(model).hexdigest())  # checked by every later load
 
 
 def _write_atomic(path: pathlib.Path, data: bytes) -> None:

@@ -78,13 +78,13 @@ def train(config: Config, workdir: pathlib.Path) -> dict[str, float]:
                               best_mode=t.keep_best_mode)
     state, start, saved_meta = _start_state(config, data, layout, tx, mesh, checkpoints, log)
     guard = NonFiniteGuard(t.skip_nonfinite, saved_meta.get("nonfinite_skips", 0), log,
-                           on_stop=lambda: _last_good(checkpoints))
+                           on_stop=lambda: _last_good(checkpoints), vocab_size=config.model.vocab_size)
     if primary:  # only once the run is known to fit the workdir
         (workdir / "config.json").write_text(config.to_json())
     meta = {"config": json.loads(config.to_json()), **data_identity(data)}
     spec = masking_spec(config, data, mesh) if config.model.arch == "bert" else None  # None: next-token LM
     train_step = compile_train_step(layout, mesh, tx=tx, schedule=schedule, spec=spec, seed=t.seed,
-                                    skip_nonfinite=t.skip_nonfinite)
+                                    skip_nonfinite=t.skip_nonfinite, vocab_size=config.model.vocab_size)
     baseline = most_frequent_token(data.train, data.tokenizer.special_ids())
     eval_step = compile_eval_step(layout, mesh, spec=spec, seed=t.seed, baseline_token=baseline)
     batches = StepBatches(data.train, t.batch_size, t.seed)

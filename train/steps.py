@@ -52,7 +52,7 @@ def _causal_forward(graphdef: Any, params: Any, batch: Batch, dropout_key: jax.A
 
 def train_step(state: TrainState, batch: Batch, *, graphdef: Any, tx: optax.GradientTransformation,
                schedule: optax.Schedule, spec: MaskingSpec | None, seed: int,
-               skip_nonfinite: bool = False) -> tuple[TrainState, dict]:
+               skip_nonfinite: bool = False, vocab_size: int | None = None) -> tuple[TrainState, dict]:
     """One AdamW step on the mean masked-token (spec) or next-token (spec None) cross-entropy.
 
     `metrics["nonfinite"]` is 1 when the loss or a gradient is not finite; with
@@ -61,6 +61,8 @@ def train_step(state: TrainState, batch: Batch, *, graphdef: Any, tx: optax.Grad
     finite gradients AdamW moves each one by at most a few learning rates, so only an
     absurd rate overflows them, and `params_finite` checks them before every save instead
     (a pass over every parameter each step cost ~4% of a BERT-base step on CPU).
+    With `vocab_size`, `metrics["out_of_vocab"]` counts the batch's ids outside [0, vocab_size):
+    an embedding lookup of such an id is garbage, and the non-finite message must say so.
     """
     step = state["step"]
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _TRAIN_STREAM), step)
@@ -92,6 +94,9 @@ def train_step(state: TrainState, batch: Batch, *, graphdef: Any, tx: optax.Grad
         "masked": sums["count"],
         "nonfinite": 1.0 - finite.astype(jnp.float32),
     }
+    if vocab_size is not None:
+        tokens = batch["tokens"]
+        metrics["out_of_vocab"] = jnp.sum((tokens < 0) | (tokens >= vocab_size)).astype(jnp.float32)
     return {"step": step + 1, "params": params, "opt_state": opt_state}, metrics
 
 

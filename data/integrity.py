@@ -58,8 +58,8 @@ def check_recorded_sha256(path: str | os.PathLike, digest: str, what: str = "") 
     except (OSError, UnicodeDecodeError, IndexError):
         raise DataError(f"{record} is unreadable; delete it if {path} is intact") from None
     if recorded != digest:
-        raise DataError(f"{path} is damaged: its sha256 {digest[:12]}... differs from "
-                        f"{recorded[:12]}... recorded in {record.name} when it was written"
+        raise DataError(f"{path} has changed since it was written (sha256 {digest[:12]}..., but "
+                        f"{recorded[:12]}... recorded in {record.name}): it is damaged or was replaced"
                         f"{'; ' + what if what else ''}")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import pathlib
@@ -58,6 +59,11 @@ def _start_state(config: Config, data: PreparedData, layout: StateLayout, tx, me
 
 def train(config: Config, workdir: pathlib.Path) -> dict[str, float]:
     """Trains (or resumes) to config.train.steps; returns the final held-out metrics."""
+    with contextlib.ExitStack() as cleanup:  # gives the workdir's writer lease back, whatever happens
+        return _train(config, workdir, cleanup)
+
+
+def _train(config: Config, workdir: pathlib.Path, cleanup: contextlib.ExitStack) -> dict[str, float]:
     primary = jax.process_index() == 0
     t = config.train
     preemption = Preemption()  # first, so a SIGTERM during setup is not lost
@@ -76,6 +82,8 @@ def train(config: Config, workdir: pathlib.Path) -> dict[str, float]:
 
     checkpoints = Checkpoints(workdir, keep=t.keep_checkpoints, best_metric=t.keep_best_metric,
                               best_mode=t.keep_best_mode)
+    cleanup.push(lambda kind, error, traceback: checkpoints.settle(error))
+    checkpoints.claim(log)  # before any save: removes partial saves of runs that died
     state, start, saved_meta = _start_state(config, data, layout, tx, mesh, checkpoints, log)
     guard = NonFiniteGuard(t.skip_nonfinite, saved_meta.get("nonfinite_skips", 0), log,
                            on_stop=lambda: _last_good(checkpoints), vocab_size=config.model.vocab_size)
@@ -113,6 +121,7 @@ def train(config: Config, workdir: pathlib.Path) -> dict[str, float]:
         profiler.before_step(step)
         state, metrics = train_step(state, batch)
         profiler.after_step(step, metrics)
+        checkpoints.poll()  # a failed background save stops the run now, not at the next save
         if step == start:  # the first call compiles: time it apart from throughput
             started = time.perf_counter()
             jax.block_until_ready(metrics)
@@ -135,7 +144,7 @@ def train(config: Config, workdir: pathlib.Path) -> dict[str, float]:
         if save:
             guard.check_params(done, params_finite(state["params"]))
             checkpoints.save(done, state, {**meta, "nonfinite_skips": guard.skipped,
-                                           "metrics": final if evaluate_now else {}})
+                                           "metrics": final if evaluate_now else {}}, log=log)
         if preempted:
             checkpoints.wait()
             log(f"preempted (SIGTERM): saved and committed step {done} in {checkpoints.directory}; "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import logging as pylogging
 import os
 import pathlib
 import sys
@@ -75,6 +77,8 @@ def run(main: Callable[[list[str]], None]) -> None:
     def guarded(argv: list[str]) -> None:
         # Orbax and JAX log progress at INFO through absl; keep stdout for meshlm's lines.
         logging.set_verbosity(logging.DEBUG if flags.FLAGS.debug else logging.WARNING)
+        if not flags.FLAGS.debug:
+            _quiet_background_writers()
         try:
             distributed.initialize(distributed.plan(
                 _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value))  # before any JAX work
@@ -83,10 +87,45 @@ def run(main: Callable[[list[str]], None]) -> None:
             if flags.FLAGS.debug:
                 raise
             hint = "" if isinstance(e, ConfigError) else " (rerun with --debug for the traceback)"
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                hint = "; free some space and rerun the same command to resume" + hint
             print(f"error: {e}{hint}", file=sys.stderr)
             sys.exit(2)
 
     app.run(guarded, flags_parser=parse_flags)
+
+
+def _quiet_background_writers() -> None:
+    """Keeps the tracebacks of Orbax's background writers off the console (shown under --debug).
+
+    A failed asynchronous save (a full disk) makes Orbax log the error with a traceback from
+    each writer thread, and TensorStore's late completions then report "Event loop is closed"
+    (through sys.unraisablehook) for the event loop Orbax already closed. The failure itself
+    reaches the main thread, which reports it in one line (train/checkpoints/manager.py).
+    """
+    handler = logging.get_absl_handler()
+    handler.addFilter(lambda record: not (record.levelno >= pylogging.ERROR and _ORBAX in record.pathname))
+    previous_unraisable = sys.unraisablehook
+
+    def unraisablehook(unraisable) -> None:  # TensorStore reports its callbacks' errors this way
+        value = unraisable.exc_value
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed" \
+                and _from_asyncio(unraisable.exc_traceback):
+            logging.debug("late TensorStore completion after a failed save: %s", value)
+            return
+        previous_unraisable(unraisable)
+
+    sys.unraisablehook = unraisablehook
+
+
+_ORBAX = f"{os.sep}orbax{os.sep}"
+
+
+def _from_asyncio(traceback) -> bool:
+    """True when the innermost frame of a traceback is in asyncio (the closed loop's check)."""
+    while traceback is not None and traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    return traceback is not None and f"{os.sep}asyncio{os.sep}" in traceback.tb_frame.f_code.co_filename
 
 
 flags.DEFINE_bool("debug", False, "Show full tracebacks for user errors.")

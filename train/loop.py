@@ -23,6 +23,7 @@ from train.inputs import check_same_data, data_identity, masking_spec, prepare_d
 from train.mesh import check_divisibility, make_mesh, to_global
 from train.metrics import MetricWriter, ProgressBar
 from train.nonfinite import NonFiniteGuard
+from train import peers
 from train.optimizer import make_optimizer
 from train.profiler import StepProfiler
 from train.preemption import Preemption
@@ -84,6 +85,7 @@ def _train(config: Config, workdir: pathlib.Path, cleanup: contextlib.ExitStack)
                               best_mode=t.keep_best_mode)
     cleanup.push(lambda kind, error, traceback: checkpoints.settle(error))
     checkpoints.claim(log)  # before any save: removes partial saves of runs that died
+    peers.watch_workdir(workdir, checkpoints.release)  # if a process dies, the others name the step to resume
     state, start, saved_meta = _start_state(config, data, layout, tx, mesh, checkpoints, log)
     guard = NonFiniteGuard(t.skip_nonfinite, saved_meta.get("nonfinite_skips", 0), log,
                            on_stop=lambda: _last_good(checkpoints), vocab_size=config.model.vocab_size)

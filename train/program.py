@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 from absl import app, flags, logging
 
-from train import distributed
+from train import distributed, peers
 from train.config import Config, ConfigError, load_config
 
 _OVERRIDE_PREFIX = "--config."
@@ -37,6 +37,7 @@ def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 _overrides: list[str] = []
+_VERDICT_SECONDS = 10.0  # how long an unexpected error of a multi-process job waits for the watchdog
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -81,9 +82,11 @@ def run(main: Callable[[list[str]], None]) -> None:
             _quiet_background_writers()
         try:
             distributed.initialize(distributed.plan(
-                _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value))  # before any JAX work
+                _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value),
+                relay=not flags.FLAGS.debug)  # before any JAX work
             main(argv)
         except (ConfigError, OSError, ValueError) as e:
+            peers.leave(ok=False)
             if flags.FLAGS.debug:
                 raise
             hint = "" if isinstance(e, ConfigError) else " (rerun with --debug for the traceback)"
@@ -91,6 +94,14 @@ def run(main: Callable[[list[str]], None]) -> None:
                 hint = "; free some space and rerun the same command to resume" + hint
             print(f"error: {e}{hint}", file=sys.stderr)
             sys.exit(2)
+        except SystemExit as e:
+            peers.leave(ok=not e.code)
+            raise
+        except BaseException:
+            peers.wait_for_verdict(_VERDICT_SECONDS)  # a peer's death surfaces here as a gloo error first
+            peers.leave(ok=False)
+            raise
+        peers.leave(ok=True)
 
     app.run(guarded, flags_parser=parse_flags)
 

@@ -59,7 +59,7 @@ class Lease:
         first = None
         while True:
             holder = _read(self.path)
-            verdict = self._verdict(holder)
+            verdict, why = self._verdict(holder)
             if verdict == "unknown" and first is not None and holder["_mtime"] != first["_mtime"]:
                 verdict = "live"  # renewed while we watched
             if verdict == "free":
@@ -71,8 +71,7 @@ class Lease:
                     "another --workdir")
             if first is None:
                 first = holder
-                log(f"waiting for {self.path} of {_who(holder)} to expire (up to {STALE_SECONDS:.0f}s "
-                    "after its last renewal), in case that job still runs")
+                log(f"waiting for the lease {self.path} of {_who(holder)}: {why}")
             time.sleep(1.0)
         self._write()
         self._renewer = threading.Thread(target=self._renew, name="meshlm-lease", daemon=True)
@@ -87,20 +86,24 @@ class Lease:
             if (_read(self.path) or {}).get("token") == self._token:
                 self.path.unlink(missing_ok=True)
 
-    def _verdict(self, holder: dict | None) -> str:
-        """'free', 'live', or 'unknown' (a holder that may be dead, not yet stale)."""
+    def _verdict(self, holder: dict | None) -> tuple[str, str]:
+        """('free' | 'live' | 'unknown', why we wait when unknown: the holder may be dead, not yet stale)."""
         if holder is None or "pid" not in holder:
-            return "free"  # no lease, or not one of ours (never half-written: it is renamed into place)
+            return "free", ""  # no lease, or not one of ours (never half-written: it is renamed into place)
         age = self._age(holder)
         if holder.get("host") == socket.gethostname() and holder.get("boot_id") == _boot_id():
             if holder["pid"] == os.getpid():
-                return "free"  # an earlier run in this very process
+                return "free", ""  # an earlier run in this very process
             if _alive(holder["pid"], holder.get("process_start")):
-                return "live"
+                return "live", ""
             if holder.get("processes", 1) > 1 and age < PEER_STOP_SECONDS:
-                return "unknown"  # its peers on other hosts are being stopped
-            return "free"
-        return "free" if age >= STALE_SECONDS else "unknown"
+                return "unknown", (f"that process is gone; its job's other processes stop within "
+                                   f"{PEER_STOP_SECONDS:.0f}s of its last renewal ({age:.0f}s ago)")
+            return "free", ""
+        if age >= STALE_SECONDS:
+            return "free", ""
+        return "unknown", (f"it ran on another host, so it counts as dead once not renewed for "
+                           f"{STALE_SECONDS:.0f}s ({age:.0f}s so far)")
 
     def _age(self, holder: dict) -> float:
         """Seconds since the holder last renewed, by the filesystem's clock."""

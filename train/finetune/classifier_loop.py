@@ -18,7 +18,9 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from data.integrity import record_sha256
 from data.tokenizer import Tokenizer
+from train import peers
 from train.checkpoints.manager import Checkpoints
 from train.config import Config, ConfigError, config_from_json
 from train.finetune.task_data import TaskData, check_task, eval_batches, load_task, steps_per_epoch, train_batch
@@ -42,6 +44,8 @@ def finetune(config: Config, workdir: pathlib.Path, init_from: str | None) -> di
     check_divisibility(mesh, batch_size=t.batch_size, num_heads=config.model.num_heads)
     log = print if primary else (lambda line: None)
     checkpoints = Checkpoints(workdir, keep=t.keep_checkpoints)
+    checkpoints.claim(log)  # before any save: removes partial saves of runs that died
+    peers.watch_workdir(workdir, checkpoints.release)
     resume_step = checkpoints.latest_step()
     pretrained = None if resume_step is not None or not init_from else PretrainedEncoder(init_from, config)
     tokenizer = Tokenizer(_tokenizer_for(workdir, init_from, resume_step is not None))
@@ -75,6 +79,7 @@ def finetune(config: Config, workdir: pathlib.Path, init_from: str | None) -> di
     for step in range(start, total):
         batch = to_global(process_rows(train_batch(task.train, step, t.batch_size, t.seed)), mesh)
         state, metrics = train_step(state, batch)
+        checkpoints.poll()  # a failed background save stops the run now
         if pending is not None:  # one step late: the host waits on step-1 while step runs
             window.add(writer, *pending, t.log_every)
         pending, done = (step + 1, metrics), step + 1
@@ -82,7 +87,7 @@ def finetune(config: Config, workdir: pathlib.Path, init_from: str | None) -> di
         if epoch_end or done % t.checkpoint_every == 0:
             window.add(writer, *pending, t.log_every, force=epoch_end)
             pending = None
-            checkpoints.save(done, state, meta)
+            checkpoints.save(done, state, meta, log=log)
         if epoch_end:
             final = validate(state["params"], eval_step, task, t.batch_size, mesh)
             writer.write(done, "eval", {"epoch": done // per_epoch, **final})
@@ -161,6 +166,7 @@ def _tokenizer_for(workdir: pathlib.Path, init_from: str | None, resuming: bool)
                               "(its tokenizer is copied) or put a sentencepiece tokenizer.model there")
         return target
     shutil.copyfile(pathlib.Path(init_from) / "tokenizer.model", target)
+    record_sha256(target)  # checked whenever the workdir's tokenizer is loaded again
     return target
 
 

@@ -9,7 +9,6 @@ one line. Export -> import -> export reproduces the same tensors bit for bit.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pathlib
 import shutil
@@ -17,6 +16,7 @@ import shutil
 import jax
 import numpy as np
 
+from data.integrity import record_sha256
 from train import program
 from train.config import Config, ConfigError, DataConfig, validate
 from train.interop.hf_families import Family, family_of_hf, from_hf
@@ -100,7 +100,7 @@ def import_hf(hf_dir: str | pathlib.Path, workdir: str | pathlib.Path) -> Config
     spm = next((hf_dir / n for n in SPM_NAMES if (hf_dir / n).is_file()), None)
     if spm is not None:
         shutil.copyfile(spm, workdir / "tokenizer.model")
-        meta["tokenizer_sha256"] = hashlib.sha256(spm.read_bytes()).hexdigest()
+        meta["tokenizer_sha256"] = record_sha256(workdir / "tokenizer.model")
     mesh = make_mesh((1, 1, 1), jax.devices()[:1])
     tx, _ = make_optimizer(config.optim, config.train.steps)
     layout = state_layout(config.model, tx, mesh)

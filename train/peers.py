@@ -83,6 +83,8 @@ def start(index: int, count: int, coordinator_host: str) -> None:
             threading.Thread(target=_serve, args=(_watch, listener), name="meshlm-peers", daemon=True).start()
         else:
             address = client.blocking_key_value_get(_KEY, int(_CONNECT_SECONDS * 1000))
+            if address == "none":
+                return  # process 0 could not listen and has said so
             host, port = address.rsplit(":", 1)
             conn = socket.create_connection((host, int(port)), timeout=_CONNECT_SECONDS)
             conn.settimeout(None)
@@ -91,6 +93,11 @@ def start(index: int, count: int, coordinator_host: str) -> None:
             _watch.sockets.append(conn)
             threading.Thread(target=_follow, args=(_watch, conn), name="meshlm-peers", daemon=True).start()
     except Exception as e:  # a firewall between hosts: JAX's heartbeat still stops the job, later
+        if index == 0:
+            try:
+                client.key_value_set(_KEY, "none", allow_overwrite=True)
+            except Exception:
+                pass
         print(f"warning: the peer watchdog could not start ({type(e).__name__}: {e}); if a process dies, "
               "the others stop only when JAX's heartbeat times out", file=sys.stderr)
 

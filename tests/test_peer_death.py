@@ -106,7 +106,8 @@ class Job:
             assert self.proc.poll() is None, "the job ended before the kill point:\n" + self.output
             assert time.monotonic() < deadline, "kill point never reached:\n" + self.output
             time.sleep(0.05)
-        pid = next(int(line.split()[-1]) for line in self.lines if line.startswith(f"launch.sh: process {process}: pid"))
+        said_pid = f"launch.sh: process {process}: pid"
+        pid = next(int(line.split()[-1]) for line in self.lines if line.startswith(said_pid))
         os.kill(pid, signal.SIGKILL)
         return time.monotonic()
 

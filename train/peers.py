@@ -51,11 +51,12 @@ class _Watch:
         self.peer_ended = False  # process 0 said "bye ok" (to processes > 0)
         self.sockets: list[socket.socket] = []
         self.when_alone: list[Callable[[], None]] = []  # process 0: run when every other has stopped
+        self.left = False  # this process said bye: it ends with its own status and line
 
     def stop(self, who: str, what: str) -> None:
         """Prints the one line and ends this process (status 75); the first caller wins."""
-        if not self.stopping.acquire(blocking=False):
-            time.sleep(3600)  # another thread is already ending the process
+        if self.left or not self.stopping.acquire(blocking=False):
+            return  # this process is ending anyway: with its own line, or another thread's
         try:
             hint = self.resume_hint()
         except Exception:  # the hint reads the workdir; never let it block the exit
@@ -114,10 +115,16 @@ def watch_workdir(workdir: pathlib.Path, release: Callable[[], None]) -> None:
         _watch.when_alone.append(release)
 
 
+def active() -> bool:
+    """True in a process of a multi-process job (the watchdog runs)."""
+    return _watch is not None
+
+
 def leave(ok: bool) -> None:
     """Tells the others this process ends on purpose (ok) or with its own error; call before exiting."""
     if _watch is None:
         return
+    _watch.left = True
     for conn in _watch.sockets:
         try:
             conn.sendall(b"bye ok\n" if ok else b"bye error\n")
@@ -175,15 +182,16 @@ def _after_grace(watch: _Watch, peer: dict, peers: dict) -> None:
 def _announce(watch: _Watch, peers: dict, peer: dict, how: str) -> None:
     """Process 0: tells every other process who died, lets them stop first, then stops."""
     message = f"dead {peer['index']} {peer['pid']} {peer['host']} {how}\n".encode()
-    for conn in list(peers):
+    others = [conn for conn, other in list(peers.items()) if other is not peer]
+    for conn in others:
         try:
             conn.sendall(message)
         except OSError:
             pass
     deadline = time.monotonic() + _NOTIFY_SECONDS  # they close their end as they exit
-    while time.monotonic() < deadline and any(_open(conn) for conn in list(peers)):
+    while time.monotonic() < deadline and any(_open(conn) for conn in others):
         time.sleep(0.05)
-    if not any(_open(conn) for conn in list(peers)):  # nobody else writes now: e.g. free the workdir's lease
+    if not any(_open(conn) for conn in others):  # nobody else writes now: e.g. free the workdir's lease
         for hook in watch.when_alone:
             try:
                 hook()
@@ -195,18 +203,27 @@ def _announce(watch: _Watch, peers: dict, peer: dict, how: str) -> None:
 def _follow(watch: _Watch, conn: socket.socket) -> None:
     """A process > 0: waits for process 0's word, or for its connection to close."""
     state = {"buffer": b""}
+    coordinator = f"0 of {watch.count} (the coordinator)"
     while True:
         data, how = _receive(conn)
         for line in _lines(state, data):
             if line.startswith("dead "):
                 index, pid, host, what = line.split(" ", 4)[1:]
                 watch.stop(_who(index, pid, host, watch.count), what)
+                return
             elif line == "bye ok":
                 watch.peer_ended = True
-        if not data:
-            if watch.peer_ended:
+            elif line == "bye error":  # this process may be failing likewise: give it the grace first
+                stderr_relay.tell_coordinator_failed()
+                timer = threading.Timer(_ERROR_GRACE_SECONDS, watch.stop,
+                                        (coordinator, "stopped with an error (see its output)"))
+                timer.daemon = True  # if this process ends by itself meanwhile, its own line stands
+                timer.start()
                 return
-            watch.stop(f"0 of {watch.count} (the coordinator)", how)
+        if not data:
+            if not watch.peer_ended:
+                watch.stop(coordinator, how)
+            return
 
 
 def _receive(conn: socket.socket) -> tuple[bytes, str]:

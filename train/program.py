@@ -8,6 +8,7 @@ import os
 import pathlib
 import sys
 import tempfile
+import traceback
 from typing import Callable, Sequence
 
 from absl import app, flags, logging
@@ -93,17 +94,36 @@ def run(main: Callable[[list[str]], None]) -> None:
             if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
                 hint = "; free some space and rerun the same command to resume" + hint
             print(f"error: {e}{hint}", file=sys.stderr)
-            sys.exit(2)
+            _exit(2)
         except SystemExit as e:
             peers.leave(ok=not e.code)
+            if e.code:
+                _exit(e.code if isinstance(e.code, int) else 1)
             raise
         except BaseException:
             peers.wait_for_verdict(_VERDICT_SECONDS)  # a peer's death surfaces here as a gloo error first
             peers.leave(ok=False)
-            raise
+            if not peers.active():
+                raise
+            traceback.print_exc()
+            _exit(1)
         peers.leave(ok=True)
 
     app.run(guarded, flags_parser=parse_flags)
+
+
+def _exit(code: int) -> None:
+    """Ends a failed process; one of a multi-process job skips the exit handlers.
+
+    JAX's exit handler waits at a shutdown barrier for every process of the job, and the
+    others are stuck in a step that needs this one: the barrier would hold this process for
+    minutes. The others are told (peers.leave) and stop by themselves.
+    """
+    if not peers.active():
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _quiet_background_writers() -> None:

@@ -28,15 +28,16 @@ _UNHEALTHY = re.compile(rb"stopped sending heartbeats\):\s*([\d,\s]+)")
 _HOLD_SECONDS = 5.0  # a held report followed by this long a life was not fatal: show it
 _ROOT = str(pathlib.Path(__file__).resolve().parents[1])
 _installed = False
+_process: subprocess.Popen | None = None
 
 
 def install(index: int, count: int, coordinator: str) -> None:
     """Sends this process's stderr (fd 2) through a relay process; call before JAX starts."""
-    global _installed
+    global _installed, _process
     read, write = os.pipe()
     code = f"import sys; sys.path.insert(0, {_ROOT!r}); from train.stderr_relay import relay; relay()"
-    subprocess.Popen([sys.executable, "-c", code, str(index), str(count), coordinator], stdin=read,
-                     stdout=2, stderr=2, close_fds=True)
+    _process = subprocess.Popen([sys.executable, "-c", code, str(index), str(count), coordinator], stdin=read,
+                                stdout=2, stderr=2, close_fds=True)  # outlives this process by design
     os.close(read)
     sys.stderr.flush()
     os.dup2(write, 2)
@@ -50,6 +51,11 @@ def say_verdict(line: str) -> None:
         _tell(b"say " + line.encode(errors="replace"))
     else:
         print(line, file=sys.stderr, flush=True)
+
+
+def tell_coordinator_failed() -> None:
+    """Tells the relay that process 0 is ending with its own error, not dying: its line says so."""
+    _tell(b"coordinator-failed")
 
 
 def tell_workdir(workdir: pathlib.Path) -> None:
@@ -80,6 +86,7 @@ def relay() -> None:
         signal.signal(getattr(signal, name), signal.SIG_IGN)
     index, count, coordinator = sys.argv[1:4]
     out, held, held_since, verdict, workdir, tail = sys.stdout.buffer, [], 0.0, False, None, b""
+    coordinator_failed = False
     while True:
         ready, _, _ = select.select([0], [], [], 1.0)
         chunk = os.read(0, 65536) if ready else None
@@ -96,6 +103,7 @@ def relay() -> None:
                     verdict = True
                 elif command.startswith(b"workdir "):
                     workdir = os.fsdecode(command[len(b"workdir "):])
+                coordinator_failed = coordinator_failed or command == b"coordinator-failed"
             elif held or _REPORT.search(line):
                 held_since = held_since if held else time.monotonic()
                 held.append(line)
@@ -113,14 +121,18 @@ def relay() -> None:
     elif tail:
         out.write(tail + b"\n")
     if held and not verdict:
-        out.write(_one_line(b"\n".join(held), int(index), int(count), coordinator, workdir).encode() + b"\n")
+        line = _one_line(b"\n".join(held), int(index), int(count), coordinator, workdir, coordinator_failed)
+        out.write(line.encode() + b"\n")
     out.flush()
 
 
-def _one_line(report: bytes, index: int, count: int, coordinator: str, workdir: str | None) -> str:
+def _one_line(report: bytes, index: int, count: int, coordinator: str, workdir: str | None,
+              coordinator_failed: bool = False) -> str:
     """The line that replaces JAX's dump: which process died, and what to do."""
     unhealthy = _UNHEALTHY.search(report)
-    if unhealthy:
+    if coordinator_failed:
+        who = f"process 0 of {count} (the coordinator, {coordinator}) stopped with an error (see its output)"
+    elif unhealthy:
         dead = ", ".join(n.decode() for n in re.findall(rb"\d+", unhealthy.group(1)))
         who = f"process {dead} of {count} stopped sending heartbeats (it died or hangs)"
     else:

@@ -62,6 +62,8 @@ class Checkpoints:
         self._saving: int | None = None  # the step of the latest save this object started
         self._pending: int | None = None  # a save started whose outcome is not known yet
         self._lease: Lease | None = None
+        self._sizes: dict[int, int] = {}  # bytes on disk of committed steps, measured once each
+        self._last_state_bytes = 0
         # Retention is ours (max_to_keep=None): orbax would delete old steps even when the
         # new save failed; we delete only steps older than one known to be committed.
         options = ocp.CheckpointManagerOptions(
@@ -221,11 +223,11 @@ class Checkpoints:
         return need, free
 
     def _step_bytes(self) -> int:
-        """Size of a checkpoint: the newest committed one on disk, else the state's arrays."""
+        """Size of a checkpoint: the newest committed one on disk (measured once), else the state's arrays."""
         latest = self._manager.latest_step()
-        if latest is not None and (self.directory / str(latest)).is_dir():
-            return tree_bytes(self.directory / str(latest))
-        return getattr(self, "_last_state_bytes", 0)
+        if latest is not None and latest not in self._sizes and (self.directory / str(latest)).is_dir():
+            self._sizes[latest] = tree_bytes(self.directory / str(latest))
+        return self._sizes.get(latest, self._last_state_bytes)
 
     def _prune(self) -> None:
         """Deletes committed steps beyond the last `keep` and the best; call with no save in flight."""

@@ -5,8 +5,8 @@ is killed with SIGKILL at a step or in the middle of an asynchronous save (held 
 its commit), each process in turn. The survivor must stop within seconds with one line
 naming the dead process and the step to resume from (never JAX's heartbeat dump), the last
 committed checkpoint must survive, and the job's restart must remove the dead save and
-resume from that checkpoint. Fast tests cover the stderr relay (JAX's abort dump -> one line) and the
-launcher's SIGKILL after its grace period.
+resume from that checkpoint. Faster tests cover a process that fails with its own error,
+the stderr relay (JAX's abort dump -> one line) and the launcher's SIGKILL after its grace.
 """
 
 import os
@@ -84,6 +84,20 @@ def test_the_local_launcher_kills_what_sigterm_cannot_stop(tmp_path):
     assert "launch.sh: processes still running 1s after SIGTERM; sending SIGKILL" in done.stderr
     stub = int((tmp_path / "ready").read_text())
     assert not pathlib.Path(f"/proc/{stub}").exists() and time.monotonic() - started < 60
+
+
+@pytest.mark.parametrize("bad", [0, 1])
+def test_a_process_that_fails_with_its_own_error_stops_the_other(bad):
+    done = subprocess.run([str(ROOT / "launch.sh"), "local", "--processes=2", "--module=tests.failing_job_stub"],
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "BAD": str(bad)},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"launch.sh: process {bad} exited with status 2" in done.stderr
+    lines = [line for line in done.stdout.splitlines() if "error:" in line]
+    assert lines[0] == f"[p{bad}] error: process {bad} has a bad input", done.stdout
+    other = 1 - bad
+    assert len(lines) == 2 and lines[1].startswith(f"[p{other}] error: process {bad} of 2"), done.stdout
+    assert "stopped with an error (see its output)" in lines[1] and "Traceback" not in done.stdout
 
 
 class Job:

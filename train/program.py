@@ -89,7 +89,7 @@ def run(main: Callable[[list[str]], None]) -> None:
         except (ConfigError, OSError, ValueError) as e:
             peers.leave(ok=False)
             if flags.FLAGS.debug:
-                raise
+                _reraise(2)
             hint = "" if isinstance(e, ConfigError) else " (rerun with --debug for the traceback)"
             if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
                 hint = "; free some space and rerun the same command to resume" + hint
@@ -100,16 +100,24 @@ def run(main: Callable[[list[str]], None]) -> None:
             if e.code:
                 _exit(e.code if isinstance(e.code, int) else 1)
             raise
+        except KeyboardInterrupt:
+            peers.leave(ok=False)
+            _reraise(130)
         except BaseException:
             peers.wait_for_verdict(_VERDICT_SECONDS)  # a peer's death surfaces here as a gloo error first
             peers.leave(ok=False)
-            if not peers.active():
-                raise
-            traceback.print_exc()
-            _exit(1)
+            _reraise(1)
         peers.leave(ok=True)
 
     app.run(guarded, flags_parser=parse_flags)
+
+
+def _reraise(code: int) -> None:
+    """Re-raises the error being handled; in a multi-process job prints it and exits (see _exit)."""
+    if not peers.active():
+        raise  # noqa: PLE0704 (called from an except block)
+    traceback.print_exc()
+    _exit(code)
 
 
 def _exit(code: int) -> None:

@@ -73,6 +73,13 @@ def _train(config: Config, workdir: pathlib.Path, cleanup: contextlib.ExitStack)
                        num_kv_heads=config.model.resolved_kv_heads)
     bar = ProgressBar(t.steps, 0, enabled=primary and t.progress_bar)
     log = bar.write if primary else (lambda line: None)
+    checkpoints = Checkpoints(workdir, keep=t.keep_checkpoints, best_metric=t.keep_best_metric,
+                              best_mode=t.keep_best_mode)
+    cleanup.push(lambda kind, error, traceback: checkpoints.settle(error))
+    # Before the data: a second job on this workdir stops here, and partial saves of runs that
+    # died are removed before anything is written.
+    checkpoints.claim(log)
+    peers.watch_workdir(workdir, checkpoints.release)  # if a process dies, the others name the step to resume
     data = primary_first(lambda: prepare_data(config, workdir))
     log(data.describe())
     log(f"tokenizer: {data.tokenizer.path} ({data.tokenizer.vocab_size} pieces); "
@@ -81,11 +88,6 @@ def _train(config: Config, workdir: pathlib.Path, cleanup: contextlib.ExitStack)
     layout = state_layout(config.model, tx, mesh)
     log(f"model: {layout.param_count / 1e6:.2f}M parameters; mesh {dict(mesh.shape)} over {mesh.devices.size} devices")
 
-    checkpoints = Checkpoints(workdir, keep=t.keep_checkpoints, best_metric=t.keep_best_metric,
-                              best_mode=t.keep_best_mode)
-    cleanup.push(lambda kind, error, traceback: checkpoints.settle(error))
-    checkpoints.claim(log)  # before any save: removes partial saves of runs that died
-    peers.watch_workdir(workdir, checkpoints.release)  # if a process dies, the others name the step to resume
     state, start, saved_meta = _start_state(config, data, layout, tx, mesh, checkpoints, log)
     guard = NonFiniteGuard(t.skip_nonfinite, saved_meta.get("nonfinite_skips", 0), log,
                            on_stop=lambda: _last_good(checkpoints), vocab_size=config.model.vocab_size)

@@ -94,6 +94,21 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError(f"environment variable {name}={text!r}; accepted: an integer") from None
 
 
+def process_barrier(name: str, timeout_seconds: float) -> None:
+    """Waits until every process of the job reaches `name`; a no-op for one process.
+
+    Through JAX's coordination service rather than a device collective: on CPU a gloo
+    collective gives up when a peer is 30 s late, and this waits as long as it is told.
+    """
+    import jax
+
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed as jax_distributed
+
+    jax_distributed.global_state.client.wait_at_barrier(f"meshlm/{name}", int(timeout_seconds * 1000))
+
+
 def primary_first(build: Callable[[], T]) -> T:
     """Runs `build` on process 0, then on the others once it is done.
 

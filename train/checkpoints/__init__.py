@@ -6,5 +6,5 @@ safe, `storage.py` words free space and write failures, `params.py` reads one st
 parameters array by array, `listing.py` describes a workdir's steps, and `__main__.py` is
 the command `python -m train.checkpoints --workdir=DIR`.
 
-May import: train's core (config), jax, orbax.
+May import: train's core (config, distributed), jax, orbax.
 """

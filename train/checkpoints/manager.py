@@ -30,9 +30,10 @@ from typing import Any, Callable
 import jax
 import orbax.checkpoint as ocp
 
-from train.checkpoints.lease import TMP_MARKER, Lease, remove_partial_saves
+from train.checkpoints.lease import STALE_SECONDS, TMP_MARKER, Lease, remove_partial_saves
 from train.checkpoints.storage import free_bytes, megabytes, tree_bytes, write_failure
 from train.config import ConfigError
+from train.distributed import process_barrier
 from train.state import TrainState
 
 DAMAGED_DIR = "damaged_checkpoints"
@@ -78,15 +79,19 @@ class Checkpoints:
         return list(self._manager.all_steps())
 
     def claim(self, log: Callable[[str], None]) -> None:
-        """Takes the workdir's writer lease (process 0) and removes partial saves of dead runs."""
-        if jax.process_index() != 0:
-            return  # process 0 removes them before the first step; no process saves before that
-        self._lease = Lease(self.workdir, jax.process_count())
-        self._lease.acquire(log)
-        removed = remove_partial_saves(self.directory)
-        if removed:
-            log(f"removed {len(removed)} partial save(s) left in {self.directory} by an earlier run that "
-                f"stopped mid-save: {', '.join(removed)}")
+        """Takes the workdir's writer lease (process 0) and removes partial saves of dead runs.
+
+        The other processes wait for it (it may wait out an old lease) at a barrier of the
+        coordination service: a device collective would give up after 30 s on CPU.
+        """
+        if jax.process_index() == 0:
+            self._lease = Lease(self.workdir, jax.process_count())
+            self._lease.acquire(log)
+            removed = remove_partial_saves(self.directory)
+            if removed:
+                log(f"removed {len(removed)} partial save(s) left in {self.directory} by an earlier run that "
+                    f"stopped mid-save: {', '.join(removed)}")
+        process_barrier("claimed-workdir", timeout_seconds=2 * STALE_SECONDS + 60)
 
     def save(self, step: int, state: TrainState, meta: dict[str, Any], log: Callable[[str], None] = print) -> None:
         """Starts an asynchronous save; training continues while it is written.

@@ -8,9 +8,10 @@
 #                                    finetune, predict, prepare, build_tfds, write_task, lm_eval: each
 #                                    is python -m of its module (README, "Layout")
 #   ./launch.sh run MODULE [flags]   python -m MODULE with these flags (any module with a main)
-#   ./launch.sh local --processes=N [--dry-run] -- [train flags]   N processes on this machine, one job
-#   ./launch.sh tpu --name=NAME --zone=ZONE [--project=P] [--dry-run] -- [train flags]   a Cloud TPU pod
-#   ./launch.sh slurm [--nodes=N --gpus_per_node=G ...] [--dry-run] -- [train flags]   sbatch + srun
+#   ./launch.sh local --processes=N [--grace=S] [--dry-run] -- [train flags]   N processes on this machine, one job
+#   ./launch.sh tpu --name=NAME --zone=ZONE [--project=P] [--grace=S] [--dry-run] -- [train flags]   a Cloud TPU pod
+#   ./launch.sh slurm [--nodes=N --gpus_per_node=G ...] [--grace=S] [--dry-run] -- [train flags]   sbatch + srun
+#   (--grace: seconds between the SIGTERM that stops a job's processes and the SIGKILL, default 30)
 #
 # Environment: PYTHON (interpreter to build .venv from, default python3),
 # MESHLM_VENV (default .venv), WORKDIR (demo's workdir, default workdirs/demo),
@@ -143,7 +144,7 @@ case "$cmd" in
   tpu) launch_tpu "$@" ;;
   slurm) launch_slurm "$@" ;;
   ""|-h|--help|help)
-    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
     ;;
   *)
     die "unknown command '$cmd'; accepted: demo, test, train, evaluate, lm_eval, checkpoints, decode, fill_mask, export, import_hf, finetune, predict, prepare, build_tfds, write_task, run, local, tpu, slurm (see ./launch.sh --help)"

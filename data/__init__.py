@@ -6,7 +6,8 @@ split as `documents.py` says), `tokenizer.py` trains or loads sentencepiece
 (or, through `hf_tokenizer.py`, an imported Hugging Face tokenizer.json; `fast_tokenizer.py`
 writes either as a tokenizer.json for exports),
 `token_store.py` writes and reads tokenized shards, `packing.py` packs them into rows;
-`batches.py` and `prefetch.py` serve the rows of each step. `tasks.py` reads labelled
+`batches.py` and `prefetch.py` serve the rows of each step; `integrity.py` records and checks
+the hashes of every cached file. `tasks.py` reads labelled
 examples for fine-tuning; `docstring_task.py` makes one. Commands: `python -m
 data.prepare_cli`, `data.build_tfds_cli`, `data.write_task_cli`.
 

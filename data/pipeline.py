@@ -8,7 +8,9 @@
       3. the packed rows: workdir/data/<key>/{train,validation} (data/packing.py)
 
 Each step is made once and reused; each is written to a temporary folder and renamed into
-place, so an interrupted run never leaves half of one. `python -m data.prepare_cli` runs
+place, so an interrupted run never leaves half of one. Each records hashes of what it
+wrote (the tokenizer's FILE.sha256, the store's per-shard sha256, the rows' per-block
+sha256) and is checked against them when read back (data/integrity.py). `python -m data.prepare_cli` runs
 step 2 alone for large data (prepare once, train many).
 
 The built-in corpus is tokenized into a single-shard store: its documents then pack as one
@@ -23,10 +25,11 @@ import hashlib
 import json
 import os
 import pathlib
+import shutil
 
 from data.builtin_corpus import CorpusFiles, builtin_corpus, default_cache_dir, read_documents
 from data.documents import SPLITS, DataError, DecodeCounts
-from data.packing import PACK_WINDOW, PackedRows, pack_store
+from data.packing import PACK_WINDOW, PackedRows, is_hashed, pack_store
 from data.sources import SourceSpec, parse_source, source_documents
 from data.token_store import SHARD_DOCS, TokenStore, write_store
 from data.tokenizer import (SPM_FILE, AnyTokenizer, copy_tokenizer, fits_vocab, load_or_train_tokenizer,
@@ -79,11 +82,13 @@ def prepare(workdir: str | os.PathLike, source: str | SourceSpec, *, seq_len: in
         store = None if corpus else _workdir_store(workdir, spec, None, tokenizer, read)
     key = _rows_key(store, corpus, tokenizer, seq_len)
     rows_dir = workdir / "data" / key
+    if rows_dir.is_dir() and not all(is_hashed(rows_dir / split) for split in SPLITS):
+        _discard(rows_dir)  # packed before rows recorded their hashes: pack again, same rows
     if not rows_dir.is_dir():
         # The built-in corpus's key names its text, not a store: tokenize it only when packing.
         store = store or _workdir_store(workdir, spec, corpus, tokenizer, read)
         pack_store(rows_dir, store, seq_len, cls_id=tokenizer.cls_id, sep_id=tokenizer.sep_id,
-                   pad_id=tokenizer.pad_id)
+                   pad_id=tokenizer.pad_id, vocab_size=tokenizer.vocab_size)
     return PreparedData(tokenizer=tokenizer, train=PackedRows.load(rows_dir / "train"),
                         validation=PackedRows.load(rows_dir / "validation"), source=corpus or store,
                         key=key)
@@ -173,6 +178,16 @@ def _adopt_tokenizer(workdir: pathlib.Path, store: TokenStore) -> AnyTokenizer:
         raise DataError(f"{existing} differs from the tokenizer of the data; use a new "
                         "--workdir for this data")
     return tokenizer
+
+
+def _discard(directory: pathlib.Path) -> None:
+    """Removes a cache folder: renamed out of the way first, so no reader sees half of it."""
+    doomed = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+    try:
+        os.rename(directory, doomed)
+    except FileNotFoundError:
+        return  # another process of the job got there first
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _rows_key(store: TokenStore | None, corpus: CorpusFiles | None, tokenizer: AnyTokenizer, seq_len: int) -> str:

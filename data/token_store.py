@@ -163,6 +163,7 @@ class TokenStore:
         if self.manifest.get("format") != FORMAT:
             raise DataError(f"store {self.directory} has format "
                             f"{self.manifest.get('format')}; this meshlm reads format {FORMAT}")
+        self._checked: set[str] = set()  # shards whose sha256 has been checked
 
     @property
     def tokenizer_path(self) -> pathlib.Path:
@@ -178,11 +179,18 @@ class TokenStore:
         """Documents in a split (0 for a split the store lacks)."""
         return self.manifest["splits"].get(split, {}).get("docs", 0)
 
-    def shards(self, split: str) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(tokens, offsets) of each shard of a split, memory-mapped."""
-        out = []
+    def shards(self, split: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(tokens, offsets) of each shard of a split, memory-mapped, in order.
+
+        Each shard is checked against the sha256 its manifest recorded the first time it is
+        read (one pass over its two files, which packing reads whole anyway), so a reader
+        that stops early, such as `documents(...)` for a few held-out texts, checks only the
+        shards it touched.
+        """
         for shard in self.manifest["splits"].get(split, {}).get("shards", []):
             base = self.directory / shard["name"]
+            if shard["name"] not in self._checked:
+                self._check_shard(base, shard)
             try:
                 tokens = np.load(f"{base}.tokens.npy", mmap_mode="r" if shard["tokens"] else None,
                                  allow_pickle=False)
@@ -192,8 +200,24 @@ class TokenStore:
             if len(offsets) != shard["docs"] + 1 or offsets[-1] != len(tokens):
                 raise DataError(f"store shard {base} is damaged: its sizes differ from "
                                 f"{MANIFEST}")
-            out.append((tokens, offsets))
-        return out
+            yield tokens, offsets
+
+    def _check_shard(self, base: pathlib.Path, shard: dict) -> None:
+        """Raises DataError unless the shard's two files hash to the manifest's sha256."""
+        digest = hashlib.sha256()
+        try:
+            for suffix in ("tokens", "offsets"):
+                with open(f"{base}.{suffix}.npy", "rb") as f:
+                    while chunk := f.read(1 << 20):
+                        digest.update(chunk)
+        except OSError as e:
+            raise DataError(f"store shard {base} cannot be read ({e})") from None
+        if digest.hexdigest() != shard["sha256"]:
+            raise DataError(f"store shard {base}.{{tokens,offsets}}.npy is damaged: its sha256 "
+                            f"differs from the one {self.directory / MANIFEST} recorded when it was "
+                            "written; prepare the store again (or delete a workdir's data/ folder "
+                            "to rebuild it)")
+        self._checked.add(shard["name"])
 
     def documents(self, split: str) -> Iterator[np.ndarray]:
         """Every document of a split as an array of ids, in store order."""

@@ -25,6 +25,7 @@ import numpy as np
 import sentencepiece as spm
 
 from data.hf_tokenizer import HFTokenizer
+from data.integrity import check_recorded_sha256, record_sha256
 
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 1, 2, 3, 4
 PAD_PIECE, UNK_PIECE = "[PAD]", "[UNK]"
@@ -41,6 +42,8 @@ class Tokenizer:
         self._path = pathlib.Path(model_path)
         model = _read_model(self._path)
         self._sha256 = hashlib.sha256(model).hexdigest()
+        check_recorded_sha256(self._path, self._sha256, "restore the original file, or start over "
+                              "in a new --workdir (checkpoints are tied to their tokenizer)")
         self._sp = _load_processor(self._path, model)
         symbols = {piece: self._user_symbol(piece) for piece in (CLS_PIECE, SEP_PIECE, MASK_PIECE)}
         self._cls_id = self._document_id(symbols[CLS_PIECE], self._sp.bos_id(), CLS_PIECE, "bos")
@@ -203,6 +206,7 @@ def copy_tokenizer(tokenizer: AnyTokenizer, directory: pathlib.Path) -> pathlib.
     if isinstance(tokenizer, HFTokenizer):
         return tokenizer.copy_to(directory)
     shutil.copyfile(tokenizer.path, directory / SPM_FILE)
+    record_sha256(directory / SPM_FILE, tokenizer.sha256())  # checked by every later load
     return directory / SPM_FILE
 
 
@@ -268,6 +272,7 @@ def _write_model(model: bytes, model_path: pathlib.Path) -> None:
                     for i in range(processor.get_piece_size()))
     _write_atomic(model_path.with_suffix(".vocab"), vocab.encode())
     _write_atomic(model_path, model)
+    record_sha256(model_path, hashlib.sha256(model).hexdigest())  # checked by every later load
 
 
 def _write_atomic(path: pathlib.Path, data: bytes) -> None:

@@ -5,6 +5,8 @@ on. Each further capability is a sub-package with its library and its commands t
 `generate/` (decoding, beam search, fill-mask), `interop/` (Hugging Face and jax.export
 writers, import), `finetune/` (classification heads), `evaluate/` (checkpoint evaluation).
 `checkpoints/` is core: saving, restoring, reading one step's parameters, listing.
+Multi-process jobs: `distributed.py` joins them, `peers.py` stops them all when one dies,
+`stderr_relay.py` turns JAX's abort dump into one line.
 
 May import: model, data, jax, optax, orbax. The core never imports a capability package.
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import pathlib
@@ -22,6 +23,7 @@ from train.inputs import check_documents_per_row, check_same_data, data_identity
 from train.mesh import attention_kernel, check_divisibility, make_mesh, to_global
 from train.metrics import MetricWriter, ProgressBar
 from train.nonfinite import NonFiniteGuard
+from train import peers
 from train.optimizer import make_optimizer
 from train.profiler import StepProfiler
 from train.preemption import Preemption
@@ -58,6 +60,11 @@ def _start_state(config: Config, data: PreparedData, layout: StateLayout, tx, me
 
 def train(config: Config, workdir: pathlib.Path) -> dict[str, float]:
     """Trains (or resumes) to config.train.steps; returns the final held-out metrics."""
+    with contextlib.ExitStack() as cleanup:  # gives the workdir's writer lease back, whatever happens
+        return _train(config, workdir, cleanup)
+
+
+def _train(config: Config, workdir: pathlib.Path, cleanup: contextlib.ExitStack) -> dict[str, float]:
     primary = jax.process_index() == 0
     t = config.train
     preemption = Preemption()  # first, so a SIGTERM during setup is not lost
@@ -67,6 +74,13 @@ def train(config: Config, workdir: pathlib.Path) -> dict[str, float]:
     kernel = attention_kernel(config.model, mesh, config.data.seq_len)
     bar = ProgressBar(t.steps, 0, enabled=primary and t.progress_bar)
     log = bar.write if primary else (lambda line: None)
+    checkpoints = Checkpoints(workdir, keep=t.keep_checkpoints, best_metric=t.keep_best_metric,
+                              best_mode=t.keep_best_mode)
+    cleanup.push(lambda kind, error, traceback: checkpoints.settle(error))
+    # Before the data: a second job on this workdir stops here, and partial saves of runs that
+    # died are removed before anything is written.
+    checkpoints.claim(log)
+    peers.watch_workdir(workdir, checkpoints.release)  # if a process dies, the others name the step to resume
     data = primary_first(lambda: prepare_data(config, workdir))
     log(data.describe())
     log(f"tokenizer: {data.tokenizer.path} ({data.tokenizer.vocab_size} pieces); "
@@ -78,17 +92,15 @@ def train(config: Config, workdir: pathlib.Path) -> dict[str, float]:
     log(f"model: {layout.param_count / 1e6:.2f}M parameters; mesh {dict(mesh.shape)} over {mesh.devices.size} devices; "
         f"attention: {kernel} (model.attention_impl={config.model.attention_impl})")
 
-    checkpoints = Checkpoints(workdir, keep=t.keep_checkpoints, best_metric=t.keep_best_metric,
-                              best_mode=t.keep_best_mode)
     state, start, saved_meta = _start_state(config, data, layout, tx, mesh, checkpoints, log)
     guard = NonFiniteGuard(t.skip_nonfinite, saved_meta.get("nonfinite_skips", 0), log,
-                           on_stop=lambda: _last_good(checkpoints))
+                           on_stop=lambda: _last_good(checkpoints), vocab_size=config.model.vocab_size)
     if primary:  # only once the run is known to fit the workdir
         (workdir / "config.json").write_text(config.to_json())
     meta = {"config": json.loads(config.to_json()), **data_identity(data)}
     spec = masking_spec(config, data, mesh) if config.model.arch == "bert" else None  # None: next-token LM
     train_step = compile_train_step(layout, mesh, tx=tx, schedule=schedule, spec=spec, seed=t.seed,
-                                    skip_nonfinite=t.skip_nonfinite)
+                                    skip_nonfinite=t.skip_nonfinite, vocab_size=config.model.vocab_size)
     baseline = most_frequent_token(data.train, data.tokenizer.special_ids())
     eval_step = compile_eval_step(layout, mesh, spec=spec, seed=t.seed, baseline_token=baseline)
     batches = StepBatches(data.train, t.batch_size, t.seed)
@@ -117,6 +129,7 @@ def train(config: Config, workdir: pathlib.Path) -> dict[str, float]:
         profiler.before_step(step)
         state, metrics = train_step(state, batch)
         profiler.after_step(step, metrics)
+        checkpoints.poll()  # a failed background save stops the run now, not at the next save
         if step == start:  # the first call compiles: time it apart from throughput
             started = time.perf_counter()
             jax.block_until_ready(metrics)
@@ -139,7 +152,7 @@ def train(config: Config, workdir: pathlib.Path) -> dict[str, float]:
         if save:
             guard.check_params(done, params_finite(state["params"]))
             checkpoints.save(done, state, {**meta, "nonfinite_skips": guard.skipped,
-                                           "metrics": final if evaluate_now else {}})
+                                           "metrics": final if evaluate_now else {}}, log=log)
         if preempted:
             checkpoints.wait()
             log(f"preempted (SIGTERM): saved and committed step {done} in {checkpoints.directory}; "

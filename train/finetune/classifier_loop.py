@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import shutil
 import time
 from typing import Any, Callable
 
@@ -19,6 +18,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from data.tokenizer import SPM_FILE, copy_tokenizer, open_tokenizer, tokenizer_file
+from train import peers
 from train.checkpoints.manager import Checkpoints
 from train.config import Config, ConfigError, config_from_json
 from train.finetune.task_data import TaskData, check_task, eval_batches, load_task, steps_per_epoch, train_batch
@@ -42,6 +42,8 @@ def finetune(config: Config, workdir: pathlib.Path, init_from: str | None) -> di
     check_divisibility(mesh, batch_size=t.batch_size, num_heads=config.model.num_heads)
     log = print if primary else (lambda line: None)
     checkpoints = Checkpoints(workdir, keep=t.keep_checkpoints)
+    checkpoints.claim(log)  # before any save: removes partial saves of runs that died
+    peers.watch_workdir(workdir, checkpoints.release)
     resume_step = checkpoints.latest_step()
     pretrained = None if resume_step is not None or not init_from else PretrainedEncoder(init_from, config)
     tokenizer = open_tokenizer(_tokenizer_for(workdir, init_from, resume_step is not None))
@@ -75,6 +77,7 @@ def finetune(config: Config, workdir: pathlib.Path, init_from: str | None) -> di
     for step in range(start, total):
         batch = to_global(process_rows(train_batch(task.train, step, t.batch_size, t.seed)), mesh)
         state, metrics = train_step(state, batch)
+        checkpoints.poll()  # a failed background save stops the run now
         if pending is not None:  # one step late: the host waits on step-1 while step runs
             window.add(writer, *pending, t.log_every)
         pending, done = (step + 1, metrics), step + 1
@@ -82,7 +85,7 @@ def finetune(config: Config, workdir: pathlib.Path, init_from: str | None) -> di
         if epoch_end or done % t.checkpoint_every == 0:
             window.add(writer, *pending, t.log_every, force=epoch_end)
             pending = None
-            checkpoints.save(done, state, meta)
+            checkpoints.save(done, state, meta, log=log)
         if epoch_end:
             final = validate(state["params"], eval_step, task, t.batch_size, mesh)
             writer.write(done, "eval", {"epoch": done // per_epoch, **final})

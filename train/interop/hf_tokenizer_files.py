@@ -31,7 +31,7 @@ from tokenizers import processors
 
 from data.fast_tokenizer import fast_tokenizer
 from data.hf_tokenizer import CONFIG_FILE, HFTokenizer, read_roles, write_roles
-from data.tokenizer import HF_FILE, SPM_FILE, AnyTokenizer, Tokenizer, fits_vocab
+from data.tokenizer import HF_FILE, SPM_FILE, AnyTokenizer, Tokenizer, copy_tokenizer, fits_vocab
 from train.config import ConfigError
 from train.interop.hf_families import Family
 
@@ -127,7 +127,7 @@ def import_tokenizer(hf_dir: pathlib.Path, workdir: pathlib.Path, hf_config: dic
                 raise ConfigError(f"--hf_dir={hf_dir}: {e}") from None
     if tokenizer is not None:
         (workdir / HF_FILE).unlink(missing_ok=True)  # a workdir holds one tokenizer
-        shutil.copyfile(spm, workdir / SPM_FILE)
+        copy_tokenizer(tokenizer, workdir)  # records the sha256 every later load checks
         tokenizer = Tokenizer(workdir / SPM_FILE)
     elif (hf_dir / HF_FILE).is_file():
         (workdir / SPM_FILE).unlink(missing_ok=True)

@@ -12,8 +12,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from model import precision
-from model.dropout import dropout
+from model import lora, precision
+from model.config import LoraConfig
+from model.dropout import dropout, site_key
 from model.kv_cache import LAYOUT as CACHE_LAYOUT
 from model.rope import apply_rope
 from model.sharding import constrain, param_init
@@ -97,13 +98,17 @@ def _head_projection(hidden: int, heads: int, head_dim: int, heads_name: str, *,
 
 
 class Attention(nnx.Module):
-    """Multi-head (or grouped-query) self-attention; biases (BERT) and RoPE (Llama) optional."""
+    """Multi-head (or grouped-query) self-attention; biases (BERT), RoPE (Llama) and LoRA adapters optional.
+
+    `lora_cfg` gives the projections it targets (q, k, v, o) an adapter (model/lora.py), whose
+    input dropout is keyed from the attention's dropout key.
+    """
 
     def __init__(self, hidden: int, num_heads: int, head_dim: int, *, num_kv_heads: int = 0,
                  causal: bool = False, dropout_rate: float = 0.0, init_std: float = 0.02,
                  use_bias: bool = True, rope_theta: float = 0.0,
                  dtype: jnp.dtype = jnp.float32, param_dtype: jnp.dtype = jnp.float32,
-                 rngs: nnx.Rngs):
+                 lora_cfg: LoraConfig | None = None, rngs: nnx.Rngs):
         num_kv_heads = num_kv_heads or num_heads
         if num_heads % num_kv_heads:
             raise ValueError(f"num_heads={num_heads} is not a multiple of num_kv_heads={num_kv_heads}")
@@ -120,6 +125,14 @@ class Attention(nnx.Module):
             kernel_init=param_init(nnx.initializers.normal(init_std), ("heads", "head_dim", "embed")),
             bias_init=param_init(nnx.initializers.zeros_init(), ("embed",)),
             dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        if lora_cfg is not None and lora_cfg.rank:
+            names = {"q": (self.query, ("embed",), ("heads", "head_dim")),
+                     "k": (self.key, ("embed",), (kv_name, "head_dim")),
+                     "v": (self.value, ("embed",), (kv_name, "head_dim")),
+                     "o": (self.out, ("heads", "head_dim"), ("embed",))}
+            for target in lora_cfg.targets:
+                if target in names:
+                    lora.attach(*names[target], lora_cfg, rngs)
         self.causal = causal
         self.dropout_rate = dropout_rate
         self.rope_theta = rope_theta
@@ -132,27 +145,24 @@ class Attention(nnx.Module):
     def attend_with_kv(self, x: jax.Array, segment_ids: jax.Array, *, positions: jax.Array | None = None,
                        dropout_key: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Self-attention output [B, L, hidden] and the (rotated) keys and values [B, L, K, D]."""
-        q, k, v = self.project(x, positions)
+        adapter_key = site_key(dropout_key, 1)  # the probabilities' dropout uses dropout_key itself
+        q, k, v = self.project(x, positions, adapter_key)
         mask = attention_mask(segment_ids, segment_ids, self.causal)
-        return self.combine(q, k, v, mask, dropout_key=dropout_key), k, v
+        out = dot_product_attention(q, k, v, mask, dropout_rate=self.dropout_rate, dropout_key=dropout_key)
+        return self.project_out(out, adapter_key), k, v
 
-    def project(self, x: jax.Array, positions: jax.Array | None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def project(self, x: jax.Array, positions: jax.Array | None,
+                adapter_key: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
         """q [B, L, H, D] and k, v [B, L, K, D], rotated by `positions` when RoPE is on."""
-        q = constrain(self.query(x), ("act_batch", "act_length", "act_heads", "act_head_dim"))
+        q = constrain(lora.project(self.query, x, adapter_key, 0), ("act_batch", "act_length", "act_heads", "act_head_dim"))
         kv_names = ("act_batch", "act_length", self.kv_act_name, "act_head_dim")
-        k = constrain(self.key(x), kv_names)
-        v = constrain(self.value(x), kv_names)
+        k = constrain(lora.project(self.key, x, adapter_key, 1), kv_names)
+        v = constrain(lora.project(self.value, x, adapter_key, 2), kv_names)
         if self.rope_theta:
             q, k = apply_rope(q, positions, self.rope_theta), apply_rope(k, positions, self.rope_theta)
         return q, k, v
 
-    def combine(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *,
-                dropout_key: jax.Array | None = None) -> jax.Array:
-        """Attention of q over (k, v) under a bool mask [B, 1, Lq, S], then the output projection."""
-        out = dot_product_attention(q, k, v, mask, dropout_rate=self.dropout_rate, dropout_key=dropout_key)
-        return self.project_out(out)
-
-    def project_out(self, out: jax.Array) -> jax.Array:
+    def project_out(self, out: jax.Array, adapter_key: jax.Array | None = None) -> jax.Array:
         """Attention outputs [B, L, H, D] -> [B, L, hidden]."""
         out = constrain(out, ("act_batch", "act_length", "act_heads", "act_head_dim"))
-        return constrain(self.out(out), ("act_batch", "act_length", "act_embed"))
+        return constrain(lora.project(self.out, out, adapter_key, 3), ("act_batch", "act_length", "act_embed"))

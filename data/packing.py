@@ -6,6 +6,9 @@ are filled first-fit over a small window of the most recently opened rows: a seg
 into the oldest open row of the window with room for it, else into a new row. That wastes
 far less padding than next-fit, stays deterministic, and keeps documents near their
 neighbours in the corpus.
+
+Fine-tuning examples (`pack_examples`) come whole, [CLS] and [SEP] included, each with a
+loss mask aligned with its tokens; they pack the same way and are never split.
 """
 
 import dataclasses
@@ -23,23 +26,34 @@ from data.token_store import TokenStore
 # Open rows searched for room; more packs a little tighter and costs a little more time.
 PACK_WINDOW = 8
 _ARRAYS = ("tokens", "segment_ids", "positions")
+LOSS_MASK = "loss_mask"  # fine-tuning rows only: 1 on the tokens the loss covers
 _FORMAT = 1
 
 
 @dataclasses.dataclass
 class PackedRows:
-    """Packed token rows: tokens, segment_ids and positions, each int32 [num_rows, seq_len]."""
+    """Packed token rows: tokens, segment_ids and positions, each int32 [num_rows, seq_len].
+
+    Fine-tuning rows also carry `loss_mask` (same shape): 1 where a token is a target.
+    """
 
     tokens: np.ndarray
     segment_ids: np.ndarray
     positions: np.ndarray
     pad_id: int = 0
+    loss_mask: np.ndarray | None = None
 
     def __post_init__(self):
-        shapes = {a.shape for a in (self.tokens, self.segment_ids, self.positions)}
+        shapes = {a.shape for a in (self.tokens, self.segment_ids, self.positions, self.loss_mask)
+                  if a is not None}
         if len(shapes) != 1 or self.tokens.ndim != 2:
-            raise ValueError(f"tokens, segment_ids and positions must share one 2-D shape "
+            raise ValueError(f"tokens, segment_ids, positions (and loss_mask) must share one 2-D shape "
                              f"[num_rows, seq_len], got {sorted(shapes)}")
+
+    @property
+    def arrays(self) -> tuple[str, ...]:
+        """The names of the arrays these rows hold (and a batch of them has)."""
+        return _ARRAYS + ((LOSS_MASK,) if self.loss_mask is not None else ())
 
     @property
     def num_rows(self) -> int:
@@ -52,15 +66,15 @@ class PackedRows:
         return self.tokens.shape[1]
 
     def rows(self, index: np.ndarray) -> dict[str, np.ndarray]:
-        """The rows at index as a batch dict {"tokens", "segment_ids", "positions"}."""
+        """The rows at index as a batch dict {"tokens", "segment_ids", "positions"[, "loss_mask"]}."""
         index = np.asarray(index, dtype=np.int64)
-        return {name: np.asarray(getattr(self, name)[index], dtype=np.int32) for name in _ARRAYS}
+        return {name: np.asarray(getattr(self, name)[index], dtype=np.int32) for name in self.arrays}
 
     def save(self, directory: str | os.PathLike) -> None:
-        """Writes the three arrays as .npy files plus rows.json into directory."""
+        """Writes the arrays as .npy files plus rows.json into directory."""
         directory = pathlib.Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        for name in _ARRAYS:
+        for name in self.arrays:
             np.save(directory / f"{name}.npy", np.asarray(getattr(self, name), np.int32),
                     allow_pickle=False)
         meta = {"format": _FORMAT, "num_rows": self.num_rows, "seq_len": self.seq_len,
@@ -78,8 +92,9 @@ class PackedRows:
                                     "PackedRows.save")
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         mmap_mode = "r" if meta["num_rows"] else None  # an empty file cannot be mapped
+        names = _ARRAYS + ((LOSS_MASK,) if (directory / f"{LOSS_MASK}.npy").is_file() else ())
         arrays = {name: np.load(directory / f"{name}.npy", mmap_mode=mmap_mode,
-                                allow_pickle=False) for name in _ARRAYS}
+                                allow_pickle=False) for name in names}
         rows = cls(**arrays, pad_id=meta["pad_id"])
         if (rows.num_rows, rows.seq_len) != (meta["num_rows"], meta["seq_len"]):
             raise ValueError(f"packed rows at {directory} are damaged: rows.json says "
@@ -108,6 +123,25 @@ def pack_documents(docs: Iterable[Sequence[int]], seq_len: int, *, cls_id: int, 
         segment_ids.reshape(-1)[destination] = np.repeat(index_in_row + 1, lengths)
         positions.reshape(-1)[destination] = stream_positions
     return PackedRows(tokens, segment_ids, positions, pad_id=pad_id)
+
+
+def pack_examples(examples: Sequence[tuple[np.ndarray, np.ndarray]], seq_len: int, *,
+                  pad_id: int = 0) -> PackedRows:
+    """Packs whole (tokens, loss mask) examples, each at most seq_len long, into rows with a loss_mask."""
+    lengths = [len(ids) for ids, _ in examples]
+    if any(n < 1 or n > seq_len for n in lengths):
+        raise ValueError(f"every example must hold 1..{seq_len} tokens, got lengths {min(lengths)}..{max(lengths)}; "
+                         "truncate them first")
+    row, offset, index_in_row, num_rows = _place(lengths, seq_len)
+    shape = (num_rows, seq_len)
+    tokens = np.full(shape, pad_id, np.int32)
+    segment_ids, positions, loss_mask = (np.zeros(shape, np.int32) for _ in range(3))
+    for (ids, mask), r, o, k in zip(examples, row, offset, index_in_row):
+        span = slice(int(o), int(o) + len(ids))
+        tokens[r, span], loss_mask[r, span] = ids, mask
+        segment_ids[r, span] = k + 1
+        positions[r, span] = np.arange(len(ids))
+    return PackedRows(tokens, segment_ids, positions, pad_id=pad_id, loss_mask=loss_mask)
 
 
 def _chunks(docs: Iterable[Sequence[int]], max_len: int) -> list[np.ndarray]:

@@ -5,7 +5,7 @@
 #   ./launch.sh test [pytest args]   install the test and hf extras and run the test suite
 #   ./launch.sh train [flags]        python -m train.main with these flags
 #   ./launch.sh COMMAND [flags]      evaluate, checkpoints, decode, fill_mask, export, import_hf,
-#                                    finetune, predict, prepare, build_tfds, write_task: each is
+#                                    finetune, sft, predict, prepare, build_tfds, write_task: each is
 #                                    python -m of its module (README, "Layout")
 #   ./launch.sh run MODULE [flags]   python -m MODULE with these flags (any module with a main)
 #   ./launch.sh local --processes=N [--dry-run] -- [train flags]   N processes on this machine, one job
@@ -89,6 +89,7 @@ command_module() {
     export) echo train.interop.export_cli ;;
     import_hf) echo train.interop.import_cli ;;
     finetune) echo train.finetune ;;
+    sft) echo train.finetune.sft_cli ;;
     predict) echo train.finetune.predict_cli ;;
     prepare) echo data.prepare_cli ;;
     build_tfds) echo data.build_tfds_cli ;;
@@ -123,7 +124,7 @@ case "$cmd" in
     module="$1"; shift
     exec "$PY" -m "$module" "$@"
     ;;
-  evaluate|checkpoints|decode|fill_mask|export|import_hf|finetune|predict|prepare|build_tfds|write_task)
+  evaluate|checkpoints|decode|fill_mask|export|import_hf|finetune|sft|predict|prepare|build_tfds|write_task)
     ensure_venv ""
     exec "$PY" -m "$(command_module "$cmd")" "$@"
     ;;
@@ -134,6 +135,6 @@ case "$cmd" in
     sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
     ;;
   *)
-    die "unknown command '$cmd'; accepted: demo, test, train, evaluate, checkpoints, decode, fill_mask, export, import_hf, finetune, predict, prepare, build_tfds, write_task, run, local, tpu, slurm (see ./launch.sh --help)"
+    die "unknown command '$cmd'; accepted: demo, test, train, evaluate, checkpoints, decode, fill_mask, export, import_hf, finetune, sft, predict, prepare, build_tfds, write_task, run, local, tpu, slurm (see ./launch.sh --help)"
     ;;
 esac

@@ -3,6 +3,9 @@
 Tensors are streamed: each parameter is read from the checkpoint, converted to PyTorch
 layout and written before the next one is read (see train/checkpoints/params.py and
 train/interop/safetensors_file.py), so host memory stays near the largest stored array.
+A LoRA fine-tune's adapters are merged into their kernels (a plain model for serving;
+train/interop/peft_export.py writes them as a PEFT folder instead), and a workdir's chat
+template goes into tokenizer_config.json as `chat_template`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from typing import Iterator
 import ml_dtypes
 import numpy as np
 
+from data.chat_template import workdir_template
 from data.tokenizer import Tokenizer
+from model.lora import ADAPTER, merge
 from train.config import ConfigError
 from train.interop.hf_families import Family, family_of, hf_shape, to_hf
 from train.checkpoints.params import CheckpointParams
@@ -62,10 +67,29 @@ def _hf_tensors(family: Family, source: CheckpointParams, dtype: np.dtype) -> It
     for _, ours, index in tensor_plan(family, source, dtype):
         if ours != current_name:
             current_name, current = ours, None  # drop the previous array before reading the next
-            current = source.read(ours)
+            current = read_merged(source, ours)
         value = current if index is None else current[index]
         yield to_hf(layouts[ours], value).astype(dtype, copy=False)
     del current
+
+
+def read_merged(source: CheckpointParams, name: str) -> np.ndarray:
+    """One parameter, with its LoRA adapter (if the checkpoint has one beside it) folded in."""
+    value = source.read(name)
+    owner, _, leaf = name.rpartition(".")
+    adapter = f"{owner}.{ADAPTER}"
+    if leaf != "kernel" or f"{adapter}.a" not in source.specs:
+        return value
+    lora = source.config.model.lora
+    stacked = name.startswith("layers.")
+    return np.asarray(merge(value, source.read(f"{adapter}.a"), source.read(f"{adapter}.b"),
+                            lora.alpha / lora.rank, stacked=stacked))
+
+
+def tokenizer_config_extras(workdir: pathlib.Path) -> dict[str, str]:
+    """tokenizer_config.json fields from the workdir beyond the tokenizer's: its chat template."""
+    template = workdir_template(workdir)
+    return {} if template is None else {"chat_template": template}
 
 
 def special_ids(tokenizer_path: pathlib.Path | None) -> dict[str, int]:
@@ -77,7 +101,7 @@ def special_ids(tokenizer_path: pathlib.Path | None) -> dict[str, int]:
             "mask_token_id": tok.mask_id, "unk_token_id": tok.unk_id}
 
 
-def write_tokenizer_files(tokenizer_path: pathlib.Path, out: pathlib.Path) -> None:
+def write_tokenizer_files(tokenizer_path: pathlib.Path, out: pathlib.Path, extra_config: dict | None = None) -> None:
     """The sentencepiece model plus the JSON files Transformers' tokenizer loaders read.
 
     Best effort: the model is saved as `tokenizer.model` (meshlm's own name, read back by
@@ -93,7 +117,7 @@ def write_tokenizer_files(tokenizer_path: pathlib.Path, out: pathlib.Path) -> No
                "sep_token": piece(tok.sep_id), "mask_token": piece(tok.mask_id), "bos_token": piece(tok.cls_id),
                "eos_token": piece(tok.sep_id)}
     config = {"tokenizer_class": "AlbertTokenizer", "do_lower_case": False, "keep_accents": True,
-              "remove_space": True, "model_max_length": None, **special}
+              "remove_space": True, "model_max_length": None, **special, **(extra_config or {})}
     (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2, sort_keys=True) + "\n")
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
@@ -113,5 +137,5 @@ def export_hf(source: CheckpointParams, out: str | pathlib.Path, dtype_name: str
     weights = out / "model.safetensors"
     write_safetensors(weights, specs, _hf_tensors(family, source, dtype), metadata={"format": "pt"})
     if tokenizer_path is not None:
-        write_tokenizer_files(tokenizer_path, out)
+        write_tokenizer_files(tokenizer_path, out, tokenizer_config_extras(source.workdir))
     return weights

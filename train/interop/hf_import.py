@@ -1,8 +1,8 @@
 """Reads a Hugging Face folder (BertForMaskedLM or LlamaForCausalLM) into a workdir.
 
 The workdir gets a step-0 checkpoint (params from model.safetensors, a fresh optimizer
-state), config.json derived from the HF config, and the sentencepiece tokenizer when the
-folder has one. Export, evaluate and fill-mask read it like any training run's; training
+state), config.json derived from the HF config, the sentencepiece tokenizer when the
+folder has one, and its chat template (fine-tuning renders conversations with it). Export, evaluate and fill-mask read it like any training run's; training
 from it starts from the published weights. Settings meshlm cannot express are refused in
 one line. Export -> import -> export reproduces the same tensors bit for bit.
 """
@@ -17,6 +17,7 @@ import shutil
 import jax
 import numpy as np
 
+from data.chat_template import hf_folder_template, write_template
 from train import program
 from train.config import Config, ConfigError, DataConfig, validate
 from train.interop.hf_families import Family, family_of_hf, from_hf
@@ -108,6 +109,9 @@ def import_hf(hf_dir: str | pathlib.Path, workdir: str | pathlib.Path) -> Config
     opt_state = jax.jit(tx.init, out_shardings=layout.shardings["opt_state"])(device_params)
     state = {"step": jax.device_put(np.int32(0), layout.shardings["step"]), "params": device_params,
              "opt_state": opt_state}
+    template = hf_folder_template(hf_dir)
+    if template is not None:
+        write_template(workdir, template)
     checkpoints = Checkpoints(workdir, use_async=False)
     checkpoints.save(0, state, meta)
     checkpoints.wait()

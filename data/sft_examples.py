@@ -235,7 +235,7 @@ def prepare_sft(workdir: str | os.PathLike, source: str | SourceSpec, *, tokeniz
                 seq_len: int, fields: Fields = Fields(), tfds_data_dir: str = "") -> PreparedData:
     """The packed fine-tuning rows of a source for workdir, made once (workdir/data/sft-<key>/) and reused."""
     spec = parse_source(source) if isinstance(source, str) else source
-    identity = {"source": spec.describe(), "files": _file_stats(spec), "tfds_data_dir": tfds_data_dir,
+    identity = {"source": spec.describe(), "files": _file_hashes(spec), "tfds_data_dir": tfds_data_dir,
                 "fields": dataclasses.asdict(fields), "tokenizer": tokenizer.sha256(), "template": template.sha256(),
                 "special_tokens": template.special_tokens, "seq_len": seq_len, "version": FORMAT_VERSION}
     key = "sft-" + hashlib.blake2b(json.dumps(identity, sort_keys=True).encode(), digest_size=8).hexdigest()
@@ -268,10 +268,17 @@ def _write_rows(rows_dir: pathlib.Path, spec: SourceSpec, **options) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _file_stats(spec: SourceSpec) -> list:
-    """(path, size, mtime) of a files: source, so edited files make new rows."""
+def _file_hashes(spec: SourceSpec) -> list:
+    """(path, content hash) of a files: source's files: edited files make new rows, touched ones do not."""
     if spec.kind != "files":
         return []
     from data.text_files import resolve_files
 
-    return [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in resolve_files(spec.patterns)]
+    hashes = []
+    for path in resolve_files(spec.patterns):
+        digest = hashlib.blake2b(digest_size=16)
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        hashes.append((str(path), digest.hexdigest()))
+    return hashes

@@ -44,8 +44,9 @@ class Evaluator:
         tx, _ = make_optimizer(self.config.optim, t.steps)
         self.layout = state_layout(self.config.model, tx, self.mesh)
         baseline = most_frequent_token(self.data.train, self.data.tokenizer.special_ids())
-        self.eval_step = compile_eval_step(self.layout, self.mesh, spec=masking_spec(self.config, self.data, self.mesh),
-                                           seed=t.seed, baseline_token=baseline)
+        # As in the training loop: masked-token loss for encoders, next-token loss (spec None) for decoders.
+        spec = masking_spec(self.config, self.data, self.mesh) if self.config.model.arch == "bert" else None
+        self.eval_step = compile_eval_step(self.layout, self.mesh, spec=spec, seed=t.seed, baseline_token=baseline)
         self.out_dir = workdir / "eval" if split == "validation" else workdir / "eval" / split
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.writer = MetricWriter(self.out_dir)

@@ -114,7 +114,7 @@ def fine_tune_config(config: Config, base: ModelConfig) -> tuple[Config, list[st
 def fine_tune(config: Config, workdir: pathlib.Path, init_from: str | None,
               log: Callable[[str], None] = print) -> dict[str, float]:
     """Fine-tunes (or resumes) to config.train.steps; returns the final held-out response-token metrics."""
-    saved = _saved_model(workdir)
+    saved = _saved_run(workdir)
     pretrained = None
     if saved is None:
         if not init_from:
@@ -122,8 +122,10 @@ def fine_tune(config: Config, workdir: pathlib.Path, init_from: str | None,
                               "made by ./launch.sh import_hf from a Transformers folder)")
         pretrained = PretrainedDecoder(init_from)
         base = pretrained.config.model
+        meta = {"init_from": str(pretrained.workdir.absolute()), "init_from_step": pretrained.step,
+                "imported_from": pretrained.meta.get("imported_from")}  # the Transformers folder, if one
     else:
-        base = saved
+        base, meta = saved
     config, ignored = fine_tune_config(config, base)
     if pretrained is not None and jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -134,18 +136,23 @@ def fine_tune(config: Config, workdir: pathlib.Path, init_from: str | None,
                                                f"{','.join(lora.targets)}; the base frozen" if lora.rank else
                                                "every weight trains")
         + (f"; sizes from the model, not the config: {'; '.join(ignored)}" if ignored else ""))
-    meta = {"init_from": str(pretrained.workdir.absolute()), "init_from_step": pretrained.step} if pretrained else {}
     return train(config, workdir, start_params=pretrained.start_params if pretrained else None, meta=meta)
 
 
-def _saved_model(workdir: pathlib.Path) -> ModelConfig | None:
-    """The model of the workdir's latest checkpoint (a resume), or None for a fresh run."""
+def _saved_run(workdir: pathlib.Path) -> tuple[ModelConfig, dict[str, Any]] | None:
+    """The model and starting point recorded by the workdir's newest readable checkpoint (a resume), or None."""
     if not (workdir / "checkpoints").is_dir():
         return None
     checkpoints = Checkpoints(workdir, use_async=False)
     try:
-        step = checkpoints.latest_step()
-        return None if step is None else config_from_json(json.dumps(checkpoints.restore_meta(step)["config"])).model
+        for step in sorted(checkpoints.all_steps(), reverse=True):
+            try:
+                meta = checkpoints.restore_meta(step)
+            except Exception:  # a damaged step: the loop reports it and falls back; so do we
+                continue
+            model = config_from_json(json.dumps(meta["config"])).model
+            return model, {key: meta[key] for key in ("init_from", "init_from_step", "imported_from") if key in meta}
+        return None
     finally:
         checkpoints.close()
 

@@ -54,6 +54,9 @@ def main(argv: list[str]) -> None:
         path = export_jax(source, _OUT.value, _DTYPE.value, tuple(_PLATFORMS.value))
     print(f"exported checkpoint step {source.step} of {_WORKDIR.value} as {_FORMAT.value} "
           f"({_DTYPE.value}) to {_OUT.value}: {path.name}")
+    if _FORMAT.value == "peft":
+        print(f"load it on its base: peft.PeftModel.from_pretrained(<--format=hf export of "
+              f"{source.meta.get('init_from', 'the --init_from workdir')}>, {_OUT.value!r})")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 `peft.PeftModel.from_pretrained(base, folder)` loads it on top of the base model's export
 (`export --format=hf` of the --init_from workdir, or the Transformers folder it was
-imported from: the base weights are frozen during LoRA, so they are that model's). Names
+imported from, which adapter_config.json then names: the base weights are frozen during
+LoRA, so they are that model's). Names
 follow PEFT's for LlamaForCausalLM, `base_model.model.<HF module>.lora_A.weight` [rank, in]
 and `lora_B.weight` [out, rank], the HF module being the one export maps the adapted
 kernel to (train/interop/hf_families.py); PEFT scales by lora_alpha / r as meshlm does.
@@ -78,7 +79,8 @@ def export_peft(source: CheckpointParams, out: str | pathlib.Path, dtype_name: s
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": lora.rank, "lora_alpha": lora.alpha,
         "lora_dropout": lora.dropout, "target_modules": modules, "bias": "none", "fan_in_fan_out": False,
         "use_rslora": False, "use_dora": False, "init_lora_weights": True, "inference_mode": True,
-        "modules_to_save": None, "base_model_name_or_path": source.meta.get("init_from"),
+        # The base as Transformers can load it: the folder the fine-tuned workdir was imported from, if any.
+        "modules_to_save": None, "base_model_name_or_path": source.meta.get("imported_from"),
     }
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return weights

@@ -130,3 +130,40 @@ def test_templates_that_do_not_compile_or_render_are_one_line_errors(tok):
         encode_conversation(CHAT, reordered, tok, "chat")
     assert conversation({"prompt": "p", "response": "r"}, Fields(), "x") == [
         {"role": "user", "content": "p"}, {"role": "assistant", "content": "r"}]
+
+
+def test_tfds_records_with_their_own_validation_split(tok, tmp_path):
+    """A prepared TFDS dataset (array_record, read without TensorFlow) of question/answer and chat records."""
+    import tensorflow_datasets as tfds
+
+    chats = [[{"role": "user", "content": f"stone {i}"}, {"role": "assistant", "content": f"river {i}"}]
+             for i in range(12)]
+
+    class MeshlmSftTestRecords(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            text = tfds.features.Text()
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+                "question": text, "answer": text,
+                "messages": tfds.features.Sequence({"role": text, "content": text})}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(range(10)), "validation": self._generate_examples(range(10, 12))}
+
+        def _generate_examples(self, numbers):
+            for i in numbers:
+                yield str(i), {"question": f"cloud {i}", "answer": f"paper {i}",
+                               "messages": {key: [m[key] for m in chats[i]] for key in ("role", "content")}}
+
+    MeshlmSftTestRecords(data_dir=str(tmp_path / "tfds")).download_and_prepare(file_format="array_record")
+    template = ChatTemplate(DEFAULT_TEMPLATE, special_tokens(tok))
+    common = dict(tokenizer=tok, template=template, seq_len=64, tfds_data_dir=str(tmp_path / "tfds"))
+    qa = prepare_sft(tmp_path / "qa", "tfds:meshlm_sft_test_records", fields=Fields("question", "answer", "none"),
+                     **common)
+    assert (qa.source.counts["train"]["examples"], qa.source.counts["validation"]["examples"]) == (10, 2)
+    first = qa.train.tokens[qa.train.segment_ids == 1][:40]
+    assert "cloud" in tok.decode(first) and "paper" in tok.decode(first)
+    chat = prepare_sft(tmp_path / "chat", "tfds:meshlm_sft_test_records", **common)  # messages first
+    responses = chat.validation.tokens[chat.validation.loss_mask > 0]
+    assert sorted(tok.decode(responses).split()) == sorted("river 10 river 11".split())

@@ -30,7 +30,7 @@ def test_fine_tuning_teaches_word_reversal_full_and_lora(tmp_path_factory, capsy
     before, before_answers = score(pretrained)
     fine_tune(sft_config(config, data, steps=300, learning_rate=3e-3), root / "full", str(pretrained))
     full, full_answers = score(root / "full")
-    fine_tune(sft_config(config, data, steps=300, lora_rank=8, learning_rate=1e-2, targets=("q", "k", "v", "o")),
+    fine_tune(sft_config(config, data, steps=500, lora_rank=8, learning_rate=1e-2, targets=("q", "k", "v", "o")),
               root / "lora", str(pretrained))
     log = capsys.readouterr().out
     lora, lora_answers = score(root / "lora")
@@ -41,4 +41,4 @@ def test_fine_tuning_teaches_word_reversal_full_and_lora(tmp_path_factory, capsy
     share = float(re.search(r"trainable: LoRA adapters, ([0-9.]+)%", log).group(1))
     assert share <= 5.0  # rank 8 on q,k,v,o
     assert before <= 0.05
-    assert full >= 0.3 and lora >= 0.15
+    assert full >= 0.3 and lora >= 0.25

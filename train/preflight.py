@@ -61,9 +61,10 @@ def memory_report(config: Config) -> dict[str, int]:
         mask_ratio=d.mask_token_ratio, random_ratio=d.random_token_ratio,
         word_start_table=np.ones(vocab, bool) if d.whole_word_masking else None,
         max_predictions=budget_for_mesh(prediction_budget(d.seq_len, d.mlm_probability), dict(mesh.shape)))
+    spec = spec if config.model.arch == "bert" else None  # decoders: next-token loss, as the loop trains them
     step = compile_train_step(layout, mesh, tx=tx, schedule=schedule, spec=spec, seed=config.train.seed)
     rows = jax.ShapeDtypeStruct((config.train.batch_size, d.seq_len), jnp.int32, sharding=batch_sharding(mesh))
-    batch = {key: rows for key in BATCH_KEYS}
+    batch = {key: rows for key in BATCH_KEYS + (("loss_mask",) if d.format == "sft" else ())}
     with sharding_context(mesh):  # the jitted function under the step's context wrapper
         compiled = step.__wrapped__.lower(layout.abstract, batch).compile()
     analysis = compiled.memory_analysis()

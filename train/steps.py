@@ -60,6 +60,9 @@ def train_step(state: TrainState, batch: Batch, *, graphdef: Any, tx: optax.Grad
                skip_nonfinite: bool = False) -> tuple[TrainState, dict]:
     """One AdamW step on the mean masked-token (spec) or next-token (spec None) cross-entropy.
 
+    Only the trainable params (train/trainable.py: all, or a LoRA model's adapters) are
+    differentiated and updated; `state["opt_state"]` covers them alone.
+
     `metrics["nonfinite"]` is 1 when the loss or a gradient is not finite; with
     `skip_nonfinite` such an update is dropped (params and optimizer state stay as they
     were) and only the step advances. The updated parameters are not checked here: from

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from data.chat_template import TEMPLATE_FILE
+from data.chat_template import DEFAULT_TEMPLATE, TEMPLATE_FILE
 from data.tokenizer import Tokenizer
 from train.checkpoints.params import CheckpointParams
 from train.config import ConfigError, LoraConfig, MeshConfig, load_config
@@ -86,8 +86,14 @@ def test_full_and_lora_fine_tuning_run_through_the_loop(setup, tmp_path, capsys)
     meta = CheckpointParams(tmp_path / "full").meta
     assert meta["init_from"] == str(pretrained.absolute()) and meta["config"]["data"]["format"] == "sft"
 
-    fine_tune(_config(setup, lora_rank=4), tmp_path / "lora", str(pretrained))
+    template = tmp_path / "qa.jinja"  # a template of the user's own: kept in the workdir, the config pointing there
+    template.write_text(DEFAULT_TEMPLATE.replace("'User: '", "'Q: '").replace("'Assistant:", "'A:"))
+    lora = _config(setup, lora_rank=4)
+    lora.data = dataclasses.replace(lora.data, chat_template=str(template))
+    fine_tune(lora, tmp_path / "lora", str(pretrained))
     assert "LoRA rank 4, alpha 8 on q,k,v,o,gate,up,down; the base frozen" in capsys.readouterr().out
+    assert (tmp_path / "lora" / TEMPLATE_FILE).read_text() == template.read_text()
+    assert CheckpointParams(tmp_path / "lora").meta["config"]["data"]["chat_template"] == ""
     tuned, before = CheckpointParams(tmp_path / "lora"), CheckpointParams(pretrained)
     for name in before.specs:  # the base is the pretrained one, bit for bit
         np.testing.assert_array_equal(tuned.read(name), before.read(name), err_msg=name)

@@ -10,7 +10,7 @@ metrics and checkpoints are the loop's; a workdir with checkpoints resumes from 
 The model's sizes come from --init_from; the config decides only what may change for
 fine-tuning: dropout, dtype, remat, scan_layers and `model.lora` (rank > 0: adapters
 train, the base stays frozen). The workdir gets --init_from's tokenizer and chat template
-(unless data.chat_template names one), so decode --chat and export find them there.
+(or data.chat_template's file, copied), so decode --chat and export find them there.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any, Callable
 import jax
 from jax.sharding import Mesh
 
-from data.chat_template import TEMPLATE_FILE
+from data.chat_template import TEMPLATE_FILE, load_template, workdir_template, write_template
 from data.tokenizer import Tokenizer
 from model.config import ModelConfig
 from model.lora import ADAPTER, merge
@@ -127,9 +127,15 @@ def fine_tune(config: Config, workdir: pathlib.Path, init_from: str | None,
     else:
         base, meta = saved
     config, ignored = fine_tune_config(config, base)
-    if pretrained is not None and jax.process_index() == 0:
+    template = _template_file(config, workdir, resuming=saved is not None)
+    if template is not None:  # kept in the workdir, so the saved config needs no file but the workdir's
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, chat_template=""))
+    if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
-        _adopt(pretrained, workdir, keep_template=not config.data.chat_template)
+        if pretrained is not None:
+            _adopt(pretrained, workdir, keep_template=template is None)
+        if template is not None:
+            write_template(workdir, template)
     start = f"from {pretrained.describe()}" if pretrained else f"resuming {workdir}"
     lora = config.model.lora
     log(f"supervised fine-tuning {start}: " + (f"LoRA rank {lora.rank}, alpha {lora.alpha:g} on "
@@ -155,6 +161,18 @@ def _saved_run(workdir: pathlib.Path) -> tuple[ModelConfig, dict[str, Any]] | No
         return None
     finally:
         checkpoints.close()
+
+
+def _template_file(config: Config, workdir: pathlib.Path, resuming: bool) -> str | None:
+    """The text of data.chat_template's file (None when unset); a resume must keep the workdir's."""
+    if not config.data.chat_template:
+        return None
+    text = load_template(config.data.chat_template)
+    kept = workdir_template(workdir)
+    if resuming and kept is not None and kept != text:
+        raise ConfigError(f"data.chat_template={config.data.chat_template} differs from the template {workdir} was "
+                          f"fine-tuned with ({TEMPLATE_FILE}); drop the flag to resume, or use a new --workdir")
+    return text
 
 
 def _adopt(pretrained: PretrainedDecoder, workdir: pathlib.Path, keep_template: bool) -> None:

@@ -12,7 +12,7 @@ from train import program
 from train.config import ConfigError
 from train.metrics import EVENTS_DIR, METRICS_FILE, read_metrics, text_curve
 
-SPLIT = flags.DEFINE_string("split", "eval", "which records: eval (held-out) or train")
+RECORDS = flags.DEFINE_string("records", "eval", "which records: eval (held-out) or train")
 METRIC = flags.DEFINE_string("metric", "loss", "which value: loss, accuracy, perplexity, ...")
 
 
@@ -23,14 +23,14 @@ def main(argv: list[str]) -> None:
     if not workdir:
         raise ConfigError("--workdir is required: the workdir of a training run")
     records = read_metrics(workdir)
-    names = sorted({key for r in records if r.get("split") == SPLIT.value for key in r} - {"step", "split", "time"})
+    names = sorted({key for r in records if r.get("split") == RECORDS.value for key in r} - {"step", "split", "time"})
     if records and names and METRIC.value not in names:
-        raise ConfigError(f"--metric={METRIC.value} is not among the {SPLIT.value} records; accepted: "
+        raise ConfigError(f"--metric={METRIC.value} is not among the {RECORDS.value} records; accepted: "
                           + ", ".join(names))
     print(f"TensorBoard events: {workdir}/{EVENTS_DIR} (tensorboard --logdir={workdir}/{EVENTS_DIR})")
     print(f"metrics by step:    {workdir}/{METRICS_FILE}")
-    print(f"{'held-out' if SPLIT.value == 'eval' else SPLIT.value} {METRIC.value} over the run:")
-    print(text_curve(records, split=SPLIT.value, metric=METRIC.value))
+    print(f"{'held-out' if RECORDS.value == 'eval' else RECORDS.value} {METRIC.value} over the run:")
+    print(text_curve(records, split=RECORDS.value, metric=METRIC.value))
 
 
 if __name__ == "__main__":

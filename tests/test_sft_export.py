@@ -27,7 +27,7 @@ TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 def lora_workdir(tmp_path_factory):
     """A LoRA fine-tune's checkpoint with random base and adapter weights (saved 8 ways), and its base's."""
     tokenizer = small_tokenizer(tmp_path_factory)
-    config = tiny_export_config(tokenizer.vocab_size, arch="llama", num_kv_heads=2, init_std=0.1,
+    config = tiny_export_config(tokenizer.vocab_size, arch="llama", num_kv_heads=2, init_std=0.1, max_len=32,
                                 lora=LoraConfig(rank=4, alpha=6.0, targets=TARGETS))
     params = random_params(config.model, seed=3)
     _, base_params = split_trainable(params)
@@ -84,6 +84,21 @@ def test_peft_folder_loads_on_the_base_export_with_equal_logits(lora_workdir, tm
     real = segment_ids > 0
     print(f"PEFT on the base export vs meshlm: max |logit difference| {np.abs(got[real] - want[real]).max():.2e}")
     assert np.abs(got[real] - want[real]).max() <= 1e-4
+
+    # As a server would use it: the chat template from the export, greedy generate = decode --chat.
+    from train.generate.completions import Sampling, complete, workdir_chat_template
+    from train.workdir import open_workdir
+
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "adapter")
+    trained = open_workdir(str(tuned))
+    prompt = "red fish"
+    want = complete(trained, [prompt], Sampling(max_new_tokens=8),
+                    workdir_chat_template(str(tuned), trained.tokenizer)).token_ids[0]
+    inputs = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                     return_dict=True, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**inputs, do_sample=False, max_new_tokens=8)
+    assert len(want) > 0 and out[0, inputs["input_ids"].shape[1]:].tolist()[:len(want)] == list(want)
 
 
 def test_a_model_without_adapters_has_no_peft_export(lora_workdir, tmp_path):

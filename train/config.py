@@ -15,6 +15,7 @@ import pathlib
 import typing
 from typing import Any
 
+from data import remote
 from data.documents import DataError
 from data.sources import parse_source
 from model.config import ATTENTION_IMPLS, ModelConfig, cudnn_misfit
@@ -140,7 +141,7 @@ class Config:
 
 def load_config(path: str, overrides: typing.Sequence[str] = ()) -> Config:
     """Loads `get_config()` from a config file (or a workdir's config.json), applies `a.b=value` overrides, validates."""
-    file = pathlib.Path(path)
+    file = remote.as_path(path)  # a workdir's config.json may be in a bucket
     if not file.is_file():
         raise ConfigError(f"config file '{path}' not found; pass e.g. --config=configs/bert_tiny.py")
     if file.suffix == ".json":

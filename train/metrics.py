@@ -11,9 +11,18 @@ from typing import Callable, Mapping
 
 import tensorboardX
 
+from data import remote
+
 
 class MetricWriter:
-    """Writes scalars by step to stdout, JSONL and TensorBoard; silent on other processes."""
+    """Writes scalars by step to stdout, JSONL and TensorBoard; silent on other processes.
+
+    In a bucket (a gs:// workdir) an object cannot be appended to: metrics.jsonl is kept
+    in memory and the whole object rewritten at most every UPLOAD_SECONDS, after an eval
+    and at close (TensorBoard's writer uploads its events file the same way).
+    """
+
+    UPLOAD_SECONDS = 30.0
 
     def __init__(self, workdir: str | pathlib.Path, *, enabled: bool = True,
                  echo: Callable[[str], None] = print, resume_step: int = 0):
@@ -22,13 +31,20 @@ class MetricWriter:
         self._echo = echo
         if not enabled:
             return
-        workdir = pathlib.Path(workdir)
+        workdir = remote.as_path(workdir)
         path = workdir / "metrics.jsonl"
-        if resume_step and path.exists():
+        self._bucket = remote.is_url(workdir)
+        kept = []
+        if (resume_step or self._bucket) and path.exists():
             kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resume_step]
-            path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        self._jsonl = open(path, "a", encoding="utf-8")
+                    if line.strip() and (not resume_step or json.loads(line)["step"] <= resume_step)]
+        if self._bucket:
+            self._path, self._lines, self._uploaded = path, [line + "\n" for line in kept], time.monotonic()
+            self._jsonl = None
+        else:
+            if resume_step and path.exists():
+                path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            self._jsonl = open(path, "a", encoding="utf-8")
         self._tb = tensorboardX.SummaryWriter(
             str(workdir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
 
@@ -36,8 +52,14 @@ class MetricWriter:
         if not self.enabled:
             return
         values = {k: float(v) for k, v in scalars.items()}
-        self._jsonl.write(json.dumps({"step": step, "split": split, "time": time.time(), **values}) + "\n")
-        self._jsonl.flush()
+        line = json.dumps({"step": step, "split": split, "time": time.time(), **values}) + "\n"
+        if self._jsonl is not None:
+            self._jsonl.write(line)
+            self._jsonl.flush()
+        else:
+            self._lines.append(line)
+            if split != "train" or time.monotonic() - self._uploaded >= self.UPLOAD_SECONDS:
+                self._upload()
         for name, value in values.items():
             if math.isfinite(value):
                 self._tb.add_scalar(f"{split}/{name}", value, step)
@@ -46,8 +68,15 @@ class MetricWriter:
 
     def close(self) -> None:
         if self.enabled:
-            self._jsonl.close()
+            if self._jsonl is not None:
+                self._jsonl.close()
+            else:
+                self._upload()
             self._tb.close()
+
+    def _upload(self) -> None:
+        self._path.write_text("".join(self._lines), encoding="utf-8")
+        self._uploaded = time.monotonic()
 
 
 def _fmt(value: float) -> str:

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from data import remote
 from data.tokenizer import SPM_FILE, copy_tokenizer, open_tokenizer, tokenizer_file
 from train import peers
 from train.checkpoints.manager import Checkpoints
@@ -121,7 +122,7 @@ class PretrainedEncoder:
     """The latest checkpoint of a pretraining workdir, checked against the fine-tuning config."""
 
     def __init__(self, path: str, config: Config):
-        self.workdir = pathlib.Path(path)
+        self.workdir = remote.as_path(path)
         if not (self.workdir / "checkpoints").is_dir():
             raise ConfigError(f"--init_from={path} has no checkpoints/; pass the workdir of a pretraining run")
         self.checkpoints = Checkpoints(self.workdir, use_async=False)

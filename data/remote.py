@@ -19,12 +19,13 @@ STORAGE_EMULATOR_HOST (tests/gcs_emulator.py).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pathlib
 import shutil
 import tempfile
-from typing import Union
+from typing import Iterator, Union
 
 from etils import epath
 
@@ -77,7 +78,11 @@ def move_tree(source: AnyPath, target: AnyPath) -> None:
     if not is_url(source):
         os.rename(source, target)
         return
-    filesystem(source).mv(os.fspath(source), os.fspath(target), recursive=True)
+    # Copy, then delete: gcsfs's mv first tries the objects.move API, which only
+    # hierarchical-namespace buckets have, retrying its refusal for a while.
+    fs = filesystem(source)
+    fs.copy(os.fspath(source).rstrip("/") + "/", os.fspath(target).rstrip("/") + "/", recursive=True)
+    fs.rm(os.fspath(source), recursive=True)
 
 
 def remove_tree(path: AnyPath) -> None:
@@ -184,6 +189,30 @@ def upload_tree(source: pathlib.Path, target: AnyPath) -> None:
         for name in sorted(files):
             local = pathlib.Path(root) / name
             upload(local, target / local.relative_to(source).as_posix())
+
+
+def local_folder(path: str | os.PathLike) -> pathlib.Path:
+    """A folder to read with local-only libraries: itself, or a URL folder downloaded afresh."""
+    if not is_url(path):
+        return pathlib.Path(path)
+    mirror = local_mirror(path)
+    if not as_path(path).is_dir():
+        raise FileNotFoundError(f"{os.fspath(path)} does not exist (or holds no files)")
+    remove_tree(mirror)
+    return download_tree(as_path(path), mirror)
+
+
+@contextlib.contextmanager
+def staged_folder(target: str | os.PathLike) -> Iterator[pathlib.Path]:
+    """A local folder to write into; for a URL target a fresh one, uploaded when the block succeeds."""
+    if not is_url(target):
+        yield pathlib.Path(target)
+        return
+    staging = local_mirror(target)
+    remove_tree(staging)
+    staging.mkdir(parents=True)
+    yield staging
+    upload_tree(staging, as_path(target))
 
 
 def _configure_fsspec() -> None:

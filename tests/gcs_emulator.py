@@ -72,6 +72,7 @@ def running(folder: pathlib.Path) -> Iterator[Emulator]:
     """Starts the emulator and the trap in a helper process; stops it on exit."""
     folder.mkdir(parents=True, exist_ok=True)
     ports = folder / "ports"
+    ports.unlink(missing_ok=True)  # a helper that ran here before left its ports
     process = subprocess.Popen([sys.executable, __file__, str(ports), str(folder / "trap.log")],
                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=open(folder / "emulator.log", "w"))
     try:
@@ -99,6 +100,7 @@ def _free_port() -> int:
 
 def _serve(ports_file: str, trap_log: str) -> None:
     """The helper process: emulator and trap until stdin closes."""
+    import http.server
     import logging
     import socketserver
     import threading
@@ -107,6 +109,9 @@ def _serve(ports_file: str, trap_log: str) -> None:
     from gcp_storage_emulator.server import create_server
 
     _with_generations(emulator_server)
+    # One request at a time, as written; clients open many connections at once (gcsfs's
+    # copies, TensorStore's writes): a deep accept queue keeps them waiting, not refused.
+    http.server.HTTPServer.request_queue_size = 1024
 
     logging.getLogger("gcp_storage_emulator").setLevel(logging.CRITICAL)  # TensorStore probes for absent files
 

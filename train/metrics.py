@@ -18,8 +18,10 @@ class MetricWriter:
     """Writes scalars by step to stdout, JSONL and TensorBoard; silent on other processes.
 
     In a bucket (a gs:// workdir) an object cannot be appended to: metrics.jsonl is kept
-    in memory and the whole object rewritten at most every UPLOAD_SECONDS, after an eval
-    and at close (TensorBoard's writer uploads its events file the same way).
+    in memory and the whole object rewritten at most every UPLOAD_SECONDS, after an eval,
+    at each `flush` (the loops call it when they save a checkpoint, so the lines up to a
+    committed step survive a kill, as on disk) and at close. TensorBoard's writer uploads its
+    events file the same way (tensorboardX, every 120 s and at close).
     """
 
     UPLOAD_SECONDS = 30.0
@@ -65,6 +67,11 @@ class MetricWriter:
                 self._tb.add_scalar(f"{split}/{name}", value, step)
         if echo:
             self._echo(f"[{split}] step {step}: " + "  ".join(f"{k} {_fmt(v)}" for k, v in values.items()))
+
+    def flush(self) -> None:
+        """Makes every line written so far durable (uploads metrics.jsonl in a bucket)."""
+        if self.enabled and self._jsonl is None:
+            self._upload()
 
     def close(self) -> None:
         if self.enabled:

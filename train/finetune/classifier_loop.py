@@ -86,6 +86,7 @@ def finetune(config: Config, workdir: pathlib.Path, init_from: str | None) -> di
         if epoch_end or done % t.checkpoint_every == 0:
             window.add(writer, *pending, t.log_every, force=epoch_end)
             pending = None
+            writer.flush()  # in a bucket, the lines up to this step are uploaded now
             checkpoints.save(done, state, meta, log=log)
         if epoch_end:
             final = validate(state["params"], eval_step, task, t.batch_size, mesh)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from absl import flags
 
+from data import remote
 from train import program
 
 _WORKDIR = program.WORKDIR
@@ -39,11 +40,12 @@ def main(argv: list[str]) -> None:
         raise program.ConfigError(f"--platforms={','.join(_PLATFORMS.value)}; accepted: {', '.join(_KNOWN_PLATFORMS)}")
     def export(step: int, meta: dict):
         source = CheckpointParams(_WORKDIR.value, step)
-        if _FORMAT.value == "hf":
-            return export_hf(source, _OUT.value, _DTYPE.value)
-        from train.interop.jax_export import export_jax
+        with remote.staged_folder(_OUT.value) as out:  # --out=gs://...: written here, then uploaded
+            if _FORMAT.value == "hf":
+                return export_hf(source, out, _DTYPE.value)
+            from train.interop.jax_export import export_jax
 
-        return export_jax(source, _OUT.value, _DTYPE.value, tuple(_PLATFORMS.value))
+            return export_jax(source, out, _DTYPE.value, tuple(_PLATFORMS.value))
 
     # The newest step whose files read (a damaged newer one is named and passed over), or --step.
     path, step = read_checkpoint(_WORKDIR.value or "", _STEP.value, export)

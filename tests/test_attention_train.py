@@ -72,7 +72,7 @@ def test_three_entry_mesh_shapes_still_load_as_sequence_one():
     loaded = config_from_json(saved)
     validate(loaded)
     assert loaded.mesh.sizes() == {"data": 1, "fsdp": 1, "tensor": 1, "sequence": 1}
-    assert dict(make_mesh((2, 2, 2)).shape) == {"data": 2, "fsdp": 2, "tensor": 2, "sequence": 1}
+    assert dict(make_mesh((2, 2, 2)).shape) == {"data": 2, "fsdp": 2, "tensor": 2, "sequence": 1, "dcn": 1}
     assert dict(make_mesh((1, 2, 1, -1)).shape) == {"data": 1, "fsdp": 2, "tensor": 1, "sequence": 4}
 
 

@@ -106,15 +106,19 @@ class TaskConfig:
 
 
 # The mesh axes, in the order `mesh.shape` lists their sizes (train/mesh.py says what each
-# splits). A new axis goes at the end: shapes written before it existed list fewer sizes,
-# and the axes they leave out have size 1 (a 3-entry shape is (data, fsdp, tensor)).
-MESH_AXES = ("data", "fsdp", "tensor", "sequence")
+# splits, and lays them over the devices in its own order). A new axis goes at the end:
+# shapes written before it existed list fewer sizes, and the axes they leave out have size 1
+# (a 3-entry shape is (data, fsdp, tensor)).
+MESH_AXES = ("data", "fsdp", "tensor", "sequence", "dcn")
 MIN_MESH_AXES = 3  # the axes every shape lists
 
 
 @dataclasses.dataclass
 class MeshConfig:
-    """The device mesh: sizes of (data, fsdp, tensor[, sequence]); one entry may be -1 to take the rest."""
+    """The device mesh: sizes of (data, fsdp, tensor[, sequence[, dcn]]); one entry may be -1 to take the rest.
+
+    dcn is the number of TPU slices a multi-slice job spans (data parallel over them).
+    """
 
     shape: tuple[int, ...] = (1, 1, 1)
 

@@ -4,8 +4,9 @@ In this process the checkpoint manager, the writer lease and the listing run on 
 state (keep-K, keep-best, a partial save removed, a damaged step set aside, a live lease
 refused). End to end (slow): `python -m train.main` with a gs:// workdir is killed in the
 middle of an asynchronous save, rerun, and ends bitwise equal to an uninterrupted run on
-local disk; then `train.checkpoints`, `train.evaluate` and `train.interop.export_cli
---out=gs://...` run on it. Every client is pointed at the emulator with test credentials
+local disk; then `train.checkpoints`, `train.evaluate`, `train.interop.export_cli
+--out=gs://...` and `train.interop.import_cli --hf_dir=gs://...` run on it; a token store is
+written to and read from the bucket. Every client is pointed at the emulator with test credentials
 (tests/gcs_emulator.py); Python's sockets are guarded (tests/network_guard.py) and a trap
 listener stands in for the metadata server and every proxy, and both must stay untouched.
 """
@@ -163,8 +164,8 @@ def test_train_kill_resume_evaluate_export_with_a_gs_workdir(gcs, tmp_path_facto
     assert [r["step"] for r in lines if r["split"] == "train"] == list(range(1, STEPS + 1))
     assert any(p.name.startswith("events.out.tfevents") for p in (bucket / "tensorboard").iterdir())
 
-    def command(module: str, *flags: str) -> str:
-        done = subprocess.run([sys.executable, "-m", module, f"--workdir={workdir}", *flags], cwd=ROOT,
+    def command(module: str, *flags: str, at: str = workdir) -> str:
+        done = subprocess.run([sys.executable, "-m", module, f"--workdir={at}", *flags], cwd=ROOT,
                               env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout
@@ -176,3 +177,41 @@ def test_train_kill_resume_evaluate_export_with_a_gs_workdir(gcs, tmp_path_facto
     assert json.loads((bucket / "eval" / "step_8.json").read_text())["step"] == 8
     command("train.interop.export_cli", f"--out={workdir}/hf")
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in (bucket / "hf").iterdir()}
+    # ... and back: import_hf reads the bucket's folder into a new gs:// workdir.
+    said = command("train.interop.import_cli", f"--hf_dir={workdir}/hf", at=f"{workdir}-imported")
+    assert f"into {workdir}-imported as checkpoint step 0" in said
+    assert "0  " in command("train.checkpoints", at=f"{workdir}-imported").splitlines()[2]
+
+
+def test_a_store_written_to_and_read_from_a_bucket(gcs, tmp_path):
+    """prepare_cli's --out=gs://... and a store:gs://... source packed for a gs:// workdir."""
+    from data import remote
+    from data.pipeline import prepare, tokenize_to_store
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"document {i}: the quick brown fox jumps over the lazy dog {i % 7}"
+                                  for i in range(300)))
+    store, workdir = (f"gs://{gcs_emulator.BUCKET}/{name}-{uuid.uuid4().hex[:8]}" for name in ("store", "work"))
+    manifest = tokenize_to_store(f"files:{corpus}", tmp_path / "tok.model", store, vocab_size=60,
+                                 tokenizer_type="bpe", workers=1, builtin_dir=tmp_path / "cache")
+    assert json.loads((remote.as_path(store) / "manifest.json").read_text())["content_hash"] == manifest["content_hash"]
+    with pytest.raises(Exception, match="already exists"):
+        tokenize_to_store(f"files:{corpus}", tmp_path / "tok.model", store, builtin_dir=tmp_path / "cache")
+    data = prepare(workdir, f"store:{store}", seq_len=16, vocab_size=60, cache_dir=tmp_path / "cache")
+    assert data.train.num_rows > 0 and str(tmp_path / "cache") in str(data.source.directory)
+    bucket = remote.as_path(workdir)  # the workdir got the store's tokenizer; the rows stay local
+    assert (bucket / "tokenizer.model").read_bytes() == (tmp_path / "tok.model").read_bytes()
+    assert not (bucket / "data").exists()
+    again = prepare(workdir, f"store:{store}", seq_len=16, vocab_size=60, cache_dir=tmp_path / "cache")
+    assert again.key == data.key
+
+
+def test_a_label_map_in_a_bucket(gcs):
+    """A classifier's gs:// workdir keeps labels.json in the bucket (finetune writes, predict reads)."""
+    from data.tasks import LabelMap
+
+    path = f"gs://{gcs_emulator.BUCKET}/labels-{uuid.uuid4().hex[:8]}/labels.json"
+    with pytest.raises(ValueError, match="no label map at"):
+        LabelMap.load(path)
+    LabelMap(("negative", "positive")).save(path)
+    assert LabelMap.load(path).names == ("negative", "positive")

@@ -5,8 +5,8 @@
 #   ./launch.sh test [pytest args]   install the test, hf and eval extras and run the test suite
 #   ./launch.sh train [flags]        python -m train.main with these flags
 #   ./launch.sh COMMAND [flags]      evaluate, checkpoints, decode, fill_mask, export, import_hf,
-#                                    finetune, predict, prepare, build_tfds, write_task, lm_eval: each
-#                                    is python -m of its module (README, "Layout")
+#                                    finetune, sft, predict, prepare, build_tfds, write_task, lm_eval:
+#                                    each is python -m of its module (README, "Layout")
 #   ./launch.sh run MODULE [flags]   python -m MODULE with these flags (any module with a main)
 #   ./launch.sh local --processes=N [--grace=S] [--dry-run] -- [train flags]   N processes on this machine, one job
 #   ./launch.sh tpu --name=NAME --zone=ZONE [--project=P] [--grace=S] [--dry-run] -- [train flags]   a Cloud TPU pod
@@ -120,6 +120,7 @@ command_module() {
     export) echo train.interop.export_cli ;;
     import_hf) echo train.interop.import_cli ;;
     finetune) echo train.finetune ;;
+    sft) echo train.finetune.sft_cli ;;
     predict) echo train.finetune.predict_cli ;;
     prepare) echo data.prepare_cli ;;
     build_tfds) echo data.build_tfds_cli ;;
@@ -165,7 +166,7 @@ case "$cmd" in
     ensure_venv "$extras"
     exec "$PY" -m "$(command_module "$cmd")" "$@"
     ;;
-  checkpoints|decode|fill_mask|export|import_hf|finetune|predict|prepare|build_tfds|write_task)
+  checkpoints|decode|fill_mask|export|import_hf|finetune|sft|predict|prepare|build_tfds|write_task)
     ensure_venv ""
     exec "$PY" -m "$(command_module "$cmd")" "$@"
     ;;
@@ -176,6 +177,6 @@ case "$cmd" in
     awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"
     ;;
   *)
-    die "unknown command '$cmd'; accepted: demo, test, train, evaluate, lm_eval, checkpoints, decode, fill_mask, export, import_hf, finetune, predict, prepare, build_tfds, write_task, run, local, tpu, slurm (see ./launch.sh --help)"
+    die "unknown command '$cmd'; accepted: demo, test, train, evaluate, lm_eval, checkpoints, decode, fill_mask, export, import_hf, finetune, sft, predict, prepare, build_tfds, write_task, run, local, tpu, slurm (see ./launch.sh --help)"
     ;;
 esac

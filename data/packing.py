@@ -11,6 +11,8 @@ Saved rows carry, in rows.json, a sha256 per block of rows of each array and the
 size of the ids: a block is checked the first time a batch reads from it and every batch's
 ids are range-checked (data/integrity.py), so a damaged cache stops the run with one line
 naming the file instead of feeding the model garbage.
+Fine-tuning examples (`pack_examples`) come whole, [CLS] and [SEP] included, each with a
+loss mask aligned with its tokens; they pack the same way and are never split.
 """
 
 import dataclasses
@@ -30,12 +32,16 @@ from data.token_store import TokenStore
 # Open rows searched for room; more packs a little tighter and costs a little more time.
 PACK_WINDOW = 8
 _ARRAYS = ("tokens", "segment_ids", "positions")
+LOSS_MASK = "loss_mask"  # fine-tuning rows only: 1 on the tokens the loss covers
 _FORMAT = 1
 
 
 @dataclasses.dataclass
 class PackedRows:
-    """Packed token rows: tokens, segment_ids and positions, each int32 [num_rows, seq_len]."""
+    """Packed token rows: tokens, segment_ids and positions, each int32 [num_rows, seq_len].
+
+    Fine-tuning rows also carry `loss_mask` (same shape): 1 where a token is a target.
+    """
 
     tokens: np.ndarray
     segment_ids: np.ndarray
@@ -44,12 +50,19 @@ class PackedRows:
     vocab_size: int | None = None  # ids must lie in [0, vocab_size); None: not checked
     directory: pathlib.Path | None = None  # where the rows were loaded from, for messages
     blocks: RowBlocks | None = dataclasses.field(default=None, repr=False, compare=False)
+    loss_mask: np.ndarray | None = None
 
     def __post_init__(self):
-        shapes = {a.shape for a in (self.tokens, self.segment_ids, self.positions)}
+        shapes = {a.shape for a in (self.tokens, self.segment_ids, self.positions, self.loss_mask)
+                  if a is not None}
         if len(shapes) != 1 or self.tokens.ndim != 2:
-            raise ValueError(f"tokens, segment_ids and positions must share one 2-D shape "
+            raise ValueError(f"tokens, segment_ids, positions (and loss_mask) must share one 2-D shape "
                              f"[num_rows, seq_len], got {sorted(shapes)}")
+
+    @property
+    def arrays(self) -> tuple[str, ...]:
+        """The names of the arrays these rows hold (and a batch of them has)."""
+        return _ARRAYS + ((LOSS_MASK,) if self.loss_mask is not None else ())
 
     @property
     def num_rows(self) -> int:
@@ -62,11 +75,11 @@ class PackedRows:
         return self.tokens.shape[1]
 
     def rows(self, index: np.ndarray) -> dict[str, np.ndarray]:
-        """The rows at index as a batch dict {"tokens", "segment_ids", "positions"}, checked."""
+        """The rows at index as a batch dict {"tokens", "segment_ids", "positions"[, "loss_mask"]}, checked."""
         index = np.asarray(index, dtype=np.int64)
         if self.blocks is not None:
             self.blocks.check(index)
-        batch = {name: np.asarray(getattr(self, name)[index], dtype=np.int32) for name in _ARRAYS}
+        batch = {name: np.asarray(getattr(self, name)[index], dtype=np.int32) for name in self.arrays}
         if self.vocab_size is not None:
             self._check_ids(batch["tokens"], index)
         return batch
@@ -83,13 +96,13 @@ class PackedRows:
                         f"in this batch): the packed rows are damaged; {_remedy(self.directory)}")
 
     def save(self, directory: str | os.PathLike, *, hashed: bool = True) -> None:
-        """Writes the three arrays as .npy files plus rows.json (with block hashes) into directory."""
+        """Writes the arrays as .npy files plus rows.json (with block hashes) into directory."""
         directory = pathlib.Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        for name in _ARRAYS:
+        for name in self.arrays:
             np.save(directory / f"{name}.npy", np.asarray(getattr(self, name), np.int32),
                     allow_pickle=False)
-        _write_meta(directory, self.num_rows, self.seq_len, self.pad_id, self.vocab_size, hashed)
+        _write_meta(directory, self.arrays, self.num_rows, self.seq_len, self.pad_id, self.vocab_size, hashed)
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "PackedRows":
@@ -103,8 +116,9 @@ class PackedRows:
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
             mmap_mode = "r" if meta["num_rows"] else None  # an empty file cannot be mapped
+            names = _ARRAYS + ((LOSS_MASK,) if (directory / f"{LOSS_MASK}.npy").is_file() else ())
             arrays = {name: np.load(directory / f"{name}.npy", mmap_mode=mmap_mode,
-                                    allow_pickle=False) for name in _ARRAYS}
+                                    allow_pickle=False) for name in names}
         except (ValueError, OSError, KeyError, UnicodeDecodeError) as e:
             raise DataError(f"packed rows at {directory} are damaged ({type(e).__name__}: {e}); "
                             f"{_remedy(directory)}") from None
@@ -126,7 +140,7 @@ def is_hashed(directory: str | os.PathLike) -> bool:
         return False
 
 
-def _write_meta(directory: pathlib.Path, num_rows: int, seq_len: int, pad_id: int,
+def _write_meta(directory: pathlib.Path, names: tuple[str, ...], num_rows: int, seq_len: int, pad_id: int,
                 vocab_size: int | None, hashed: bool) -> None:
     """rows.json, with the sha256 of each block of rows of each array as it lies on disk."""
     meta = {"format": _FORMAT, "num_rows": num_rows, "seq_len": seq_len, "pad_id": pad_id}
@@ -137,7 +151,7 @@ def _write_meta(directory: pathlib.Path, num_rows: int, seq_len: int, pad_id: in
         mmap_mode = "r" if num_rows else None
         meta["block_rows"] = rows
         meta["sha256"] = {name: row_block_digests(np.load(directory / f"{name}.npy", mmap_mode=mmap_mode), rows)
-                          for name in _ARRAYS}
+                          for name in names}
     (directory / "rows.json").write_text(json.dumps(meta), encoding="utf-8")
 
 
@@ -168,6 +182,25 @@ def pack_documents(docs: Iterable[Sequence[int]], seq_len: int, *, cls_id: int, 
         segment_ids.reshape(-1)[destination] = np.repeat(index_in_row + 1, lengths)
         positions.reshape(-1)[destination] = stream_positions
     return PackedRows(tokens, segment_ids, positions, pad_id=pad_id)
+
+
+def pack_examples(examples: Sequence[tuple[np.ndarray, np.ndarray]], seq_len: int, *,
+                  pad_id: int = 0) -> PackedRows:
+    """Packs whole (tokens, loss mask) examples, each at most seq_len long, into rows with a loss_mask."""
+    lengths = [len(ids) for ids, _ in examples]
+    if any(n < 1 or n > seq_len for n in lengths):
+        raise ValueError(f"every example must hold 1..{seq_len} tokens, got lengths {min(lengths)}..{max(lengths)}; "
+                         "truncate them first")
+    row, offset, index_in_row, num_rows = _place(lengths, seq_len)
+    shape = (num_rows, seq_len)
+    tokens = np.full(shape, pad_id, np.int32)
+    segment_ids, positions, loss_mask = (np.zeros(shape, np.int32) for _ in range(3))
+    for (ids, mask), r, o, k in zip(examples, row, offset, index_in_row):
+        span = slice(int(o), int(o) + len(ids))
+        tokens[r, span], loss_mask[r, span] = ids, mask
+        segment_ids[r, span] = k + 1
+        positions[r, span] = np.arange(len(ids))
+    return PackedRows(tokens, segment_ids, positions, pad_id=pad_id, loss_mask=loss_mask)
 
 
 def _chunks(docs: Iterable[Sequence[int]], max_len: int) -> list[np.ndarray]:
@@ -260,4 +293,4 @@ def _concatenate(parts: list[pathlib.Path], out: pathlib.Path, seq_len: int,
             start += part.num_rows
         array.flush()
         del array
-    _write_meta(out, total, seq_len, pad_id, vocab_size, hashed=True)
+    _write_meta(out, _ARRAYS, total, seq_len, pad_id, vocab_size, hashed=True)

@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from model import precision
-from model.config import ATTENTION_IMPLS, cudnn_misfit
+from model import lora, precision
+from model.config import ATTENTION_IMPLS, LoraConfig, cudnn_misfit
 from model.cudnn import cudnn_attention
-from model.dropout import dropout
+from model.dropout import dropout, site_key
 from model.kv_cache import LAYOUT as CACHE_LAYOUT
 from model.rope import apply_rope
 from model.sharding import constrain, logical_spec, mesh_axes_size, param_init
@@ -155,13 +155,17 @@ def _head_projection(hidden: int, heads: int, head_dim: int, heads_name: str, *,
 
 
 class Attention(nnx.Module):
-    """Multi-head (or grouped-query) self-attention; biases (BERT) and RoPE (Llama) optional."""
+    """Multi-head (or grouped-query) self-attention; biases (BERT), RoPE (Llama) and LoRA adapters optional.
+
+    `lora_cfg` gives the projections it targets (q, k, v, o) an adapter (model/lora.py), whose
+    input dropout is keyed from the attention's dropout key.
+    """
 
     def __init__(self, hidden: int, num_heads: int, head_dim: int, *, num_kv_heads: int = 0,
                  causal: bool = False, dropout_rate: float = 0.0, init_std: float = 0.02,
                  use_bias: bool = True, rope_theta: float = 0.0, attention_impl: str = "auto",
                  max_segments: int = 32, dtype: jnp.dtype = jnp.float32,
-                 param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+                 param_dtype: jnp.dtype = jnp.float32, lora_cfg: LoraConfig | None = None, rngs: nnx.Rngs):
         num_kv_heads = num_kv_heads or num_heads
         if num_heads % num_kv_heads:
             raise ValueError(f"num_heads={num_heads} is not a multiple of num_kv_heads={num_kv_heads}")
@@ -178,6 +182,14 @@ class Attention(nnx.Module):
             kernel_init=param_init(nnx.initializers.normal(init_std), ("heads", "head_dim", "embed")),
             bias_init=param_init(nnx.initializers.zeros_init(), ("embed",)),
             dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        if lora_cfg is not None and lora_cfg.rank:
+            names = {"q": (self.query, ("embed",), ("heads", "head_dim")),
+                     "k": (self.key, ("embed",), (kv_name, "head_dim")),
+                     "v": (self.value, ("embed",), (kv_name, "head_dim")),
+                     "o": (self.out, ("heads", "head_dim"), ("embed",))}
+            for target in lora_cfg.targets:
+                if target in names:
+                    lora.attach(*names[target], lora_cfg, rngs)
         self.causal = causal
         self.dropout_rate = dropout_rate
         self.rope_theta = rope_theta
@@ -192,15 +204,18 @@ class Attention(nnx.Module):
     def attend_with_kv(self, x: jax.Array, segment_ids: jax.Array, *, positions: jax.Array | None = None,
                        dropout_key: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Self-attention output [B, L, hidden] and the (rotated) keys and values [B, L, K, D]."""
-        q, k, v = self.project(x, positions)
-        return self.project_out(self.attend(q, k, v, segment_ids, dropout_key=dropout_key)), k, v
+        adapter_key = site_key(dropout_key, 1)  # the probabilities' dropout uses dropout_key itself
+        q, k, v = self.project(x, positions, adapter_key)
+        out = self.attend(q, k, v, segment_ids, dropout_key=dropout_key)
+        return self.project_out(out, adapter_key), k, v
 
-    def project(self, x: jax.Array, positions: jax.Array | None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def project(self, x: jax.Array, positions: jax.Array | None,
+                adapter_key: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
         """q [B, L, H, D] and k, v [B, L, K, D], rotated by `positions` when RoPE is on."""
-        q = constrain(self.query(x), ("act_batch", "act_length", "act_heads", "act_head_dim"))
+        q = constrain(lora.project(self.query, x, adapter_key, 0), ("act_batch", "act_length", "act_heads", "act_head_dim"))
         kv_names = ("act_batch", "act_length", self.kv_act_name, "act_head_dim")
-        k = constrain(self.key(x), kv_names)
-        v = constrain(self.value(x), kv_names)
+        k = constrain(lora.project(self.key, x, adapter_key, 1), kv_names)
+        v = constrain(lora.project(self.value, x, adapter_key, 2), kv_names)
         if self.rope_theta:
             q, k = apply_rope(q, positions, self.rope_theta), apply_rope(k, positions, self.rope_theta)
         return q, k, v
@@ -212,7 +227,7 @@ class Attention(nnx.Module):
                               max_segments=self.max_segments, kv_heads_name=self.kv_act_name,
                               dropout_rate=self.dropout_rate, dropout_key=dropout_key)
 
-    def project_out(self, out: jax.Array) -> jax.Array:
+    def project_out(self, out: jax.Array, adapter_key: jax.Array | None = None) -> jax.Array:
         """Attention outputs [B, L, H, D] -> [B, L, hidden]."""
         out = constrain(out, ("act_batch", "act_length", "act_heads", "act_head_dim"))
-        return constrain(self.out(out), ("act_batch", "act_length", "act_embed"))
+        return constrain(lora.project(self.out, out, adapter_key, 3), ("act_batch", "act_length", "act_embed"))

@@ -9,6 +9,20 @@ ATTENTION_IMPLS = ("auto", "xla", "splash", "cudnn")
 CUDNN_DTYPES = ("bfloat16", "float16")
 CUDNN_MAX_HEAD_DIM = 256
 
+# Projections that can carry a LoRA adapter (model/lora.py): attention's query, key, value and
+# output, the MLP's gate, up and down (PEFT's q_proj ... down_proj).
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+@dataclasses.dataclass
+class LoraConfig:
+    """Low-rank adapters beside frozen base weights; rank 0 (the default) means none: every weight trains."""
+
+    rank: int = 0
+    alpha: float = 16.0  # updates are scaled by alpha / rank (PEFT's lora_alpha)
+    dropout: float = 0.0  # on each adapter's input, in training only
+    targets: tuple[str, ...] = LORA_TARGETS  # any of LORA_TARGETS; all linear layers by default (QLoRA's advice)
+
 
 @dataclasses.dataclass
 class ModelConfig:
@@ -39,6 +53,7 @@ class ModelConfig:
     num_kv_heads: int = 0  # 0: num_heads; fewer gives grouped-query attention
     rope_theta: float = 10000.0  # RoPE base (llama)
     tie_embeddings: bool = True  # llama: logits on the word table, else a separate lm_head
+    lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)  # adapters (llama); rank 0: none
 
     @property
     def resolved_head_dim(self) -> int:

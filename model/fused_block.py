@@ -13,7 +13,7 @@ rows per step that form reads weights ~1.7x faster than `x W` with [in, out] ker
 (and as fast at 1 row); `x W^T` with the same [out, in] kernels sits in between, and a
 kernel whose contracted axis is not its last one gets a transposing copy per step.
 `FusedDecoderBlock(block)` builds it from a trained `DecoderBlock` (the same numbers,
-regrouped); training never sees this layout. `DecodeLMHead` does the same for an untied
+regrouped, with any LoRA adapters merged into their kernels); training never sees this layout. `DecodeLMHead` does the same for an untied
 LM head.
 """
 
@@ -27,6 +27,7 @@ from flax import nnx
 from model.attention import cached_attention, self_attention
 from model.block import DecoderBlock
 from model.kv_cache import write_cache
+from model.lora import merged_kernel
 from model.rope import apply_rope
 from model.sharding import constrain, named_param
 
@@ -36,16 +37,16 @@ class FusedDecoderBlock(nnx.Module):
 
     def __init__(self, block: DecoderBlock):
         attention, mlp = block.attention, block.mlp
-        q, k, v = (p.kernel[...] for p in (attention.query, attention.key, attention.value))  # [D, heads, Dh]
+        q, k, v = (merged_kernel(p) for p in (attention.query, attention.key, attention.value))  # [D, heads, Dh]
         hidden, num_heads, head_dim = q.shape
         num_kv_heads = k.shape[1]
         grouped = q.reshape(hidden, num_kv_heads, num_heads // num_kv_heads, head_dim)
         qkv = jnp.concatenate([grouped, k[:, :, None], v[:, :, None]], axis=2)  # [D, K, G+2, Dh]
         kv_name = "kv_heads" if num_kv_heads != num_heads else "heads"
         self.qkv = named_param(jnp.transpose(qkv, (1, 2, 3, 0)), (kv_name, None, "head_dim", "embed"))  # [K, G+2, Dh, D]
-        self.out = named_param(jnp.transpose(attention.out.kernel[...], (2, 0, 1)), ("embed", "heads", "head_dim"))
-        self.gate_up = named_param(jnp.stack([mlp.gate.kernel[...].T, mlp.up.kernel[...].T]), (None, "mlp", "embed"))
-        self.down = named_param(mlp.down.kernel[...].T, ("embed", "mlp"))
+        self.out = named_param(jnp.transpose(merged_kernel(attention.out), (2, 0, 1)), ("embed", "heads", "head_dim"))
+        self.gate_up = named_param(jnp.stack([merged_kernel(mlp.gate).T, merged_kernel(mlp.up).T]), (None, "mlp", "embed"))
+        self.down = named_param(merged_kernel(mlp.down).T, ("embed", "mlp"))
         self.attention_norm, self.mlp_norm = block.attention_norm, block.mlp_norm
         self.kv_act_name = attention.kv_act_name
         self.attention_impl, self.max_segments = attention.attention_impl, attention.max_segments

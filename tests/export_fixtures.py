@@ -15,6 +15,7 @@ from train.config import Config, ModelConfig
 from train.mesh import make_mesh
 from train.optimizer import make_optimizer
 from train.state import param_shardings, state_layout
+from train.trainable import trainable_part
 
 from tests.train_fixtures import tiny_config
 
@@ -33,7 +34,7 @@ def random_params(model_cfg: ModelConfig, seed: int = 0) -> dict:
 
 
 def write_checkpoint(workdir: pathlib.Path, config: Config, params: dict, tokenizer: Tokenizer,
-                     mesh_shape=(2, 2, 2), step: int = 7) -> pathlib.Path:
+                     mesh_shape=(2, 2, 2), step: int = 7, meta: dict | None = None) -> pathlib.Path:
     """Saves {step, params, fresh opt_state} sharded over `mesh_shape`, as the train loop would."""
     workdir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(tokenizer.path, workdir / "tokenizer.model")
@@ -41,11 +42,12 @@ def write_checkpoint(workdir: pathlib.Path, config: Config, params: dict, tokeni
     tx, _ = make_optimizer(config.optim, config.train.steps)
     layout = state_layout(config.model, tx, mesh)
     sharded = jax.device_put(params, layout.shardings["params"])
-    opt_state = jax.jit(tx.init, out_shardings=layout.shardings["opt_state"])(sharded)
+    opt_state = jax.jit(tx.init, out_shardings=layout.shardings["opt_state"])(trainable_part(sharded))
     state = {"step": jax.device_put(np.int32(step), layout.shardings["step"]), "params": sharded,
              "opt_state": opt_state}
     checkpoints = Checkpoints(workdir, use_async=False)
-    checkpoints.save(step, state, {"config": json.loads(config.to_json()), "tokenizer_sha256": tokenizer.sha256()})
+    checkpoints.save(step, state, {"config": json.loads(config.to_json()), "tokenizer_sha256": tokenizer.sha256(),
+                                   **(meta or {})})
     checkpoints.wait()
     checkpoints.close()
     return workdir

@@ -18,10 +18,10 @@ from typing import Any
 from data import remote
 from data.documents import DataError
 from data.sources import parse_source
-from model.config import ATTENTION_IMPLS, ModelConfig, cudnn_misfit
+from model.config import ATTENTION_IMPLS, LORA_TARGETS, LoraConfig, ModelConfig, cudnn_misfit
 
 __all__ = [
-    "Config", "ConfigError", "DataConfig", "MESH_AXES", "MeshConfig", "ModelConfig", "OptimConfig",
+    "Config", "ConfigError", "DataConfig", "LoraConfig", "MESH_AXES", "MeshConfig", "ModelConfig", "OptimConfig",
     "TaskConfig", "TrainConfig", "apply_override", "load_config", "validate",
 ]
 
@@ -45,6 +45,13 @@ class DataConfig:
     mask_token_ratio: float = 0.8  # of the chosen tokens: [MASK]
     random_token_ratio: float = 0.1  # of the chosen tokens: a random token; the rest kept
     whole_word_masking: bool = False
+    # format=sft: records of prompt/response or chat messages, rendered by a chat template into
+    # [CLS] ... [SEP] examples whose loss covers the responses only (data/sft_examples.py).
+    format: str = "text"  # text (documents) | sft (files:*.jsonl or tfds: records)
+    prompt_field: str = "prompt"  # sft: a record's prompt ...
+    response_field: str = "response"  # ... and response, or instead
+    messages_field: str = "messages"  # a list of {"role", "content"} (system, user, assistant)
+    chat_template: str = ""  # sft: a Jinja chat template file; "" keeps the workdir's, else meshlm's default
 
 
 @dataclasses.dataclass
@@ -223,6 +230,8 @@ def _parse(key: str, text: str, field_type: Any) -> Any:
         return text
     if typing.get_origin(field_type) is tuple:
         items = [t for t in text.strip().strip("()[]").replace(" ", "").split(",") if t]
+        if typing.get_args(field_type)[0] is str:
+            return tuple(t.strip("'\"") for t in items)
         try:
             return tuple(int(t) for t in items)
         except ValueError:
@@ -237,6 +246,7 @@ _CHOICES = {
     "model.arch": ("bert", "llama"),
     "model.remat": ("none", "full", "dots"),
     "model.attention_impl": ATTENTION_IMPLS,
+    "data.format": ("text", "sft"),
     "optim.schedule": ("linear", "cosine", "constant"),
     "train.keep_best_metric": ("", "loss", "accuracy", "perplexity"),
     "train.keep_best_mode": ("auto", "min", "max"),
@@ -253,9 +263,12 @@ def validate(config: Config) -> None:
             raise ConfigError(f"config key '{key}' got '{value}'; accepted: {', '.join(accepted)}")
     m, d, o = config.model, config.data, config.optim
     try:
-        parse_source(d.source)
+        source = parse_source(d.source)
     except DataError as e:
         raise ConfigError(f"config key 'data.source': {e}") from None
+    if d.format == "sft" and (source.kind not in ("files", "tfds") or m.arch != "llama"):
+        raise ConfigError(f"data.format=sft with data.source={d.source} and model.arch={m.arch}; accepted: "
+                          "files:<glob of .jsonl> or tfds:<name>[:<split>] records, for model.arch=llama")
     _at_least(config, ["model.vocab_size"], 16)
     _at_least(config, ["model.max_len", "data.seq_len"], 4)
     _at_least(config, ["model.hidden", "model.num_layers", "model.num_heads", "model.mlp_dim", "model.max_segments_per_row",
@@ -282,6 +295,7 @@ def validate(config: Config) -> None:
         raise ConfigError(f"model.hidden={m.hidden} is not divisible by model.num_heads={m.num_heads}; set model.head_dim or change either")
     _check_decoder_fields(m)
     _check_attention_fields(m)
+    _check_lora(m)
     if d.seq_len > m.max_len:
         raise ConfigError(f"data.seq_len={d.seq_len} exceeds model.max_len={m.max_len}; accepted: data.seq_len <= model.max_len")
     if o.eps <= 0:
@@ -326,6 +340,21 @@ def _check_attention_fields(m: ModelConfig) -> None:
                               "(e.g. model.dtype=bfloat16), or attention_impl=auto or xla")
 
 
+def _check_lora(m: ModelConfig) -> None:
+    """model.lora: a rank of 0 (off) or more, a positive alpha, and targets the decoder has."""
+    lora = m.lora
+    if lora.rank < 0 or lora.alpha <= 0 or not 0.0 <= lora.dropout < 1.0:
+        raise ConfigError(f"model.lora rank={lora.rank} alpha={lora.alpha} dropout={lora.dropout}; accepted: "
+                          "rank >= 0 (0: no adapters), alpha > 0, dropout in [0, 1)")
+    bad = [t for t in lora.targets if t not in LORA_TARGETS]
+    if bad or not lora.targets or len(set(lora.targets)) != len(lora.targets):
+        raise ConfigError(f"config key 'model.lora.targets' got {','.join(lora.targets) or 'nothing'}; accepted: "
+                          f"distinct names among {','.join(LORA_TARGETS)}")
+    if lora.rank and m.arch != "llama":
+        raise ConfigError(f"model.lora.rank={lora.rank} with model.arch={m.arch}; accepted: LoRA adapters on "
+                          "model.arch=llama (decoders)")
+
+
 def _check_types(obj: Any, prefix: str) -> None:
     """Catches wrong types written in a config file (flags are parsed by type already)."""
     hints = typing.get_type_hints(type(obj))
@@ -337,13 +366,15 @@ def _check_types(obj: Any, prefix: str) -> None:
             _check_types(value, key + ".")
             continue
         if typing.get_origin(want) is tuple:
-            ok = isinstance(value, (tuple, list)) and all(type(v) is int for v in value)
+            item = typing.get_args(want)[0]
+            ok = isinstance(value, (tuple, list)) and all(type(v) is item for v in value)
         elif want is float:
             ok = type(value) in (int, float)
         else:
             ok = type(value) is want
         if not ok:
-            name = "integers" if typing.get_origin(want) is tuple else getattr(want, "__name__", str(want))
+            name = ("integers" if typing.get_args(want)[0] is int else "strings") if typing.get_origin(want) is tuple \
+                else getattr(want, "__name__", str(want))
             raise ConfigError(f"config key '{key}' got {value!r} ({type(value).__name__}); accepted: {name}")
         if typing.get_origin(want) is tuple:
             setattr(obj, f.name, tuple(value))

@@ -8,7 +8,11 @@ from jax.sharding import Mesh
 
 from data.builtin_corpus import default_cache_dir
 from data.packing import PackedRows
+from data.chat_template import DEFAULT_TEMPLATE, ChatTemplate, load_template, special_tokens, workdir_template, \
+    write_template
 from data.pipeline import PreparedData, prepare
+from data.sft_examples import Fields, prepare_sft
+from data.tokenizer import open_tokenizer, tokenizer_file
 from train.config import Config, ConfigError
 from train.masking import MaskingSpec, budget_for_mesh, prediction_budget
 
@@ -16,6 +20,8 @@ from train.masking import MaskingSpec, budget_for_mesh, prediction_budget
 def prepare_data(config: Config, workdir: pathlib.Path) -> PreparedData:
     """The tokenizer, token store and packed rows for this config (built once, then reused)."""
     d = config.data
+    if d.format == "sft":
+        return prepare_sft_data(config, workdir)
     cache_dir = pathlib.Path(d.cache_dir) if d.cache_dir else default_cache_dir()
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -25,6 +31,37 @@ def prepare_data(config: Config, workdir: pathlib.Path) -> PreparedData:
     return prepare(workdir, d.source, seq_len=d.seq_len, vocab_size=config.model.vocab_size,
                    tokenizer_type=d.tokenizer_type, text_field=d.text_field, tfds_data_dir=d.tfds_data_dir,
                    cache_dir=cache_dir, max_corpus_bytes=d.max_corpus_bytes or None)
+
+
+def prepare_sft_data(config: Config, workdir: pathlib.Path) -> PreparedData:
+    """Fine-tuning rows (loss on the responses) with the workdir's tokenizer and chat template."""
+    d = config.data
+    path = tokenizer_file(workdir)
+    if path is None:
+        raise ConfigError(f"data.format=sft needs the tokenizer of the model being fine-tuned in {workdir}; "
+                          "fine-tune with --init_from=PRETRAINED_WORKDIR (its tokenizer is copied)")
+    tokenizer = open_tokenizer(path)
+    return prepare_sft(workdir, d.source, tokenizer=tokenizer, template=chat_template(config, workdir, tokenizer),
+                       seq_len=d.seq_len, fields=Fields(d.prompt_field, d.response_field, d.messages_field),
+                       tfds_data_dir=d.tfds_data_dir)
+
+
+def chat_template(config: Config, workdir: pathlib.Path, tokenizer) -> ChatTemplate:
+    """The run's chat template: data.chat_template's file, else the workdir's, else meshlm's default.
+
+    It is kept in the workdir (chat_template.jinja), where decode --chat and export read it.
+    """
+    kept = workdir_template(workdir)
+    if config.data.chat_template:
+        text, name = load_template(config.data.chat_template), f"chat template {config.data.chat_template}"
+    elif kept is not None:
+        text, name = kept, f"chat template {workdir / 'chat_template.jinja'}"
+    else:
+        text, name = DEFAULT_TEMPLATE, "meshlm's default chat template"
+    template = ChatTemplate(text, special_tokens(tokenizer), name)  # a bad file fails here, before it is kept
+    if text != kept:
+        write_template(workdir, text)
+    return template
 
 
 def masking_spec(config: Config, data: PreparedData, mesh: Mesh) -> MaskingSpec:

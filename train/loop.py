@@ -1,4 +1,10 @@
-"""The training loop: mesh, data, state (fresh or resumed), steps, metrics, evals, checkpoints."""
+"""The training loop: mesh, data, state (fresh or resumed), steps, metrics, evals, checkpoints.
+
+Pretraining and supervised fine-tuning share it: fine-tuning's data is the config's
+(`data.format=sft` rows carry a loss mask that the causal loss honours), and its start is
+a pretrained model's weights (`start_params`, used only when the workdir has no checkpoint
+yet; a rerun resumes from the workdir like any run).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ import time
 from typing import Any, Callable
 
 import jax
+from jax.sharding import Mesh
 
 from data.batches import StepBatches
 from data.prefetch import prefetch_batches
@@ -36,35 +43,51 @@ _SHAPE_FIELDS = ("vocab_size", "max_len", "hidden", "num_layers", "num_heads", "
 
 
 def check_resumable(config: Config, meta: dict[str, Any], data: PreparedData, step: int) -> None:
-    """A checkpoint resumes only into the same parameter shapes, tokenizer and data."""
+    """A checkpoint resumes only into the same parameter shapes (adapters included), tokenizer and data."""
     saved = config_from_json(json.dumps(meta["config"])).model
     diff = {f: (getattr(saved, f), getattr(config.model, f)) for f in _SHAPE_FIELDS
             if getattr(saved, f) != getattr(config.model, f)}
+    adapters = lambda m: (m.lora.rank, tuple(m.lora.targets))
+    if adapters(saved) != adapters(config.model):
+        diff["lora (rank, targets)"] = (adapters(saved), adapters(config.model))
     if diff:
         raise ConfigError(f"checkpoint step {step} was written by a different model: {diff} (saved, now); "
                           "use another --workdir or the saved model settings")
     check_same_data(meta, data, f"checkpoint step {step}")
 
 
+StartParams = Callable[[Any, Mesh], Any]  # fresh params (born sharded) -> the params to start from
+
+
 def _start_state(config: Config, data: PreparedData, layout: StateLayout, tx, mesh,
-                 checkpoints: Checkpoints, log: Callable[[str], None]) -> tuple[TrainState, int, dict]:
+                 checkpoints: Checkpoints, log: Callable[[str], None],
+                 start_params: StartParams | None) -> tuple[TrainState, int, dict]:
     """The latest sound checkpoint restored onto this mesh, or a fresh state born sharded."""
     restored = checkpoints.restore_latest(
         layout.abstract, lambda step, meta: check_resumable(config, meta, data, step), log)
     if restored is None:
-        return init_state(config.model, tx, layout, mesh, config.train.seed), 0, {}
+        state = init_state(config.model, tx, layout, mesh, config.train.seed)
+        if start_params is not None:  # the optimizer state (zero moments) does not depend on the values
+            state = {**state, "params": start_params(state["params"], mesh)}
+        return state, 0, {}
     state, meta, start = restored
     log(f"resumed from checkpoint step {start} in {checkpoints.directory}")
     return state, start, meta
 
 
-def train(config: Config, workdir: pathlib.Path) -> dict[str, float]:
-    """Trains (or resumes) to config.train.steps; returns the final held-out metrics."""
+def train(config: Config, workdir: pathlib.Path, *, start_params: StartParams | None = None,
+          meta: dict[str, Any] | None = None) -> dict[str, float]:
+    """Trains (or resumes) to config.train.steps; returns the final held-out metrics.
+
+    `start_params` gives a fresh run its starting weights (fine-tuning); `meta` is recorded
+    in every checkpoint beside the config (e.g. where those weights came from).
+    """
     with contextlib.ExitStack() as cleanup:  # gives the workdir's writer lease back, whatever happens
-        return _train(config, workdir, cleanup)
+        return _train(config, workdir, cleanup, start_params, meta)
 
 
-def _train(config: Config, workdir: pathlib.Path, cleanup: contextlib.ExitStack) -> dict[str, float]:
+def _train(config: Config, workdir: pathlib.Path, cleanup: contextlib.ExitStack, start_params: StartParams | None,
+           meta: dict[str, Any] | None) -> dict[str, float]:
     primary = jax.process_index() == 0
     t = config.train
     preemption = Preemption()  # first, so a SIGTERM during setup is not lost
@@ -89,15 +112,18 @@ def _train(config: Config, workdir: pathlib.Path, cleanup: contextlib.ExitStack)
         check_documents_per_row(data, config.model.max_segments_per_row)
     tx, schedule = make_optimizer(config.optim, t.steps)
     layout = state_layout(config.model, tx, mesh)
-    log(f"model: {layout.param_count / 1e6:.2f}M parameters; mesh {dict(mesh.shape)} over {mesh.devices.size} devices; "
-        f"attention: {kernel} (model.attention_impl={config.model.attention_impl})")
+    frozen = layout.param_count - layout.trainable_count
+    trains = (f" ({layout.trainable_count:,} trainable: LoRA adapters, "
+              f"{100 * layout.trainable_count / layout.param_count:.2f}%; the base is frozen)" if frozen else "")
+    log(f"model: {layout.param_count / 1e6:.2f}M parameters{trains}; mesh {dict(mesh.shape)} over "
+        f"{mesh.devices.size} devices; attention: {kernel} (model.attention_impl={config.model.attention_impl})")
 
-    state, start, saved_meta = _start_state(config, data, layout, tx, mesh, checkpoints, log)
+    state, start, saved_meta = _start_state(config, data, layout, tx, mesh, checkpoints, log, start_params)
     guard = NonFiniteGuard(t.skip_nonfinite, saved_meta.get("nonfinite_skips", 0), log,
                            on_stop=lambda: _last_good(checkpoints), vocab_size=config.model.vocab_size)
     if primary:  # only once the run is known to fit the workdir
         (workdir / "config.json").write_text(config.to_json())
-    meta = {"config": json.loads(config.to_json()), **data_identity(data)}
+    meta = {**(meta or {}), "config": json.loads(config.to_json()), **data_identity(data)}
     spec = masking_spec(config, data, mesh) if config.model.arch == "bert" else None  # None: next-token LM
     train_step = compile_train_step(layout, mesh, tx=tx, schedule=schedule, spec=spec, seed=t.seed,
                                     skip_nonfinite=t.skip_nonfinite, vocab_size=config.model.vocab_size)
@@ -168,7 +194,8 @@ def _train(config: Config, workdir: pathlib.Path, cleanup: contextlib.ExitStack)
     bar.close()
     writer.close()
     if final and spec is None:
-        log(f"held-out next-token loss {final['loss']:.4f}, perplexity {final['perplexity']:.2f}; "
+        what = "response-token" if data.train.loss_mask is not None else "next-token"
+        log(f"held-out {what} loss {final['loss']:.4f}, perplexity {final['perplexity']:.2f}; "
             f"accuracy {final['accuracy']:.4f} vs most-frequent-token baseline {final['baseline_accuracy']:.4f}")
     elif final:
         ratio = final["accuracy"] / max(final["baseline_accuracy"], 1e-9)

@@ -70,7 +70,7 @@ def memory_report(config: Config, saved: bool = True) -> dict[str, Any]:
         max_predictions=budget_for_mesh(prediction_budget(d.seq_len, d.mlm_probability), dict(mesh.shape)))
     step = compile_train_step(layout, mesh, tx=tx, schedule=schedule, spec=spec, seed=config.train.seed)
     rows = jax.ShapeDtypeStruct((config.train.batch_size, d.seq_len), jnp.int32, sharding=batch_sharding(mesh))
-    batch = {key: rows for key in BATCH_KEYS}
+    batch = {key: rows for key in BATCH_KEYS + (("loss_mask",) if d.format == "sft" else ())}
     with sharding_context(mesh):  # the jitted function under the step's context wrapper
         compiled = step.__wrapped__.lower(layout.abstract, batch).compile()
     analysis = compiled.memory_analysis()

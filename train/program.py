@@ -26,6 +26,8 @@ CONFIG = flags.DEFINE_string("config", None, "Config file with get_config(); ove
 STEP = flags.DEFINE_integer("step", None, "Checkpoint step to read; the latest by default.")
 TEXT = flags.DEFINE_multi_string("text", [], "Input text (fill-mask: with [MASK]s; predict: to classify); repeatable.")
 SEED = flags.DEFINE_integer("seed", 0, "Random seed: sampling (decode), the held-out sentences drawn (fill_mask).")
+INIT_FROM = flags.DEFINE_string("init_from", None, "Fine-tuning: the pretrained workdir (or one made by import_hf) "
+                                "whose latest checkpoint gives the starting weights.")
 
 
 def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:

@@ -1,7 +1,10 @@
 """Generate text from a trained decoder workdir.
 
     python -m train.generate.decode_cli --workdir=DIR --prompt="def main(" [--prompt=...] [--prompts_file=FILE]
-        [--max_new_tokens=64] [--temperature=0.8 --top_k=40 --top_p=0.95 --seed=0] [--beam_width=4]
+        [--max_new_tokens=64] [--temperature=0.8 --top_k=40 --top_p=0.95 --seed=0] [--beam_width=4] [--chat]
+
+--chat sends each prompt as a user message through the workdir's chat template (kept by
+fine-tuning: train/finetune/sft.py), so a fine-tuned model answers it as it learned to.
 
 The library is train/generate/completions.py.
 """
@@ -25,6 +28,7 @@ _TOP_P = flags.DEFINE_float("top_p", 1.0, "Sample within the smallest set of mas
 _SEED = program.SEED
 _BEAM = flags.DEFINE_integer("beam_width", 1, "> 1 runs beam search instead of sampling.")
 _LENGTH_PENALTY = flags.DEFINE_float("length_penalty", 1.0, "Beam score = log-prob / length ** this.")
+_CHAT = flags.DEFINE_bool("chat", False, "Render each prompt as a user message with the workdir's chat template.")
 
 
 def read_prompts() -> list[str]:
@@ -56,11 +60,12 @@ def main(argv: list[str]) -> None:
         raise program.ConfigError(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
     prompts = read_prompts()
     sampling = sampling_from_flags()
-    from train.generate.completions import complete
+    from train.generate.completions import complete, workdir_chat_template
     from train.workdir import open_workdir
 
     trained = open_workdir(_WORKDIR.value or "", _STEP.value)
-    out = complete(trained, prompts, sampling)
+    template = workdir_chat_template(_WORKDIR.value, trained.data.tokenizer) if _CHAT.value else None
+    out = complete(trained, prompts, sampling, template)
     for text, completion in zip(prompts, out.texts):
         print(f"\n> {text}\n{completion}")
     total = sum(len(ids) for ids in out.token_ids)

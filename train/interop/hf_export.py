@@ -2,8 +2,12 @@
 
 Tensors are streamed: each parameter is read from the checkpoint, converted to PyTorch
 layout and written before the next one is read (see train/checkpoints/params.py and
-train/interop/safetensors_file.py), so host memory stays near the largest stored array. The tokenizer files (tokenizer.json
-and its configs, generation_config.json for decoders) are train/interop/hf_tokenizer_files.py's.
+train/interop/safetensors_file.py), so host memory stays near the largest stored array. The
+tokenizer files (tokenizer.json and its configs, generation_config.json for decoders) are
+train/interop/hf_tokenizer_files.py's; a workdir's chat template goes into
+tokenizer_config.json as `chat_template`. A LoRA fine-tune's adapters are merged into their
+kernels (a plain model for serving; train/interop/peft_export.py writes them as a PEFT folder
+instead).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from typing import Iterator
 import ml_dtypes
 import numpy as np
 
+from data.chat_template import workdir_template
+from model.lora import ADAPTER, merge
 from train.config import ConfigError
 from train.interop.hf_families import Family, family_of, hf_shape, to_hf
 from train.checkpoints.params import CheckpointParams
@@ -61,10 +67,29 @@ def _hf_tensors(family: Family, source: CheckpointParams, dtype: np.dtype) -> It
     for _, ours, index in tensor_plan(family, source, dtype):
         if ours != current_name:
             current_name, current = ours, None  # drop the previous array before reading the next
-            current = source.read(ours)
+            current = read_merged(source, ours)
         value = current if index is None else current[index]
         yield to_hf(layouts[ours], value).astype(dtype, copy=False)
     del current
+
+
+def read_merged(source: CheckpointParams, name: str) -> np.ndarray:
+    """One parameter, with its LoRA adapter (if the checkpoint has one beside it) folded in."""
+    value = source.read(name)
+    owner, _, leaf = name.rpartition(".")
+    adapter = f"{owner}.{ADAPTER}"
+    if leaf != "kernel" or f"{adapter}.a" not in source.specs:
+        return value
+    lora = source.config.model.lora
+    stacked = name.startswith("layers.")
+    return np.asarray(merge(value, source.read(f"{adapter}.a"), source.read(f"{adapter}.b"),
+                            lora.alpha / lora.rank, stacked=stacked))
+
+
+def tokenizer_config_extras(workdir: pathlib.Path) -> dict[str, str]:
+    """tokenizer_config.json fields from the workdir beyond the tokenizer's: its chat template."""
+    template = workdir_template(workdir)
+    return {} if template is None else {"chat_template": template}
 
 
 def export_hf(source: CheckpointParams, out: str | pathlib.Path, dtype_name: str = "float32") -> pathlib.Path:
@@ -82,5 +107,6 @@ def export_hf(source: CheckpointParams, out: str | pathlib.Path, dtype_name: str
     weights = out / "model.safetensors"
     write_safetensors(weights, specs, _hf_tensors(family, source, dtype), metadata={"format": "pt"})
     if tokenizer is not None:
-        write_tokenizer_files(tokenizer, out, family, source.config.model.max_len)
+        write_tokenizer_files(tokenizer, out, family, source.config.model.max_len,
+                              extra_config=tokenizer_config_extras(source.workdir))
     return weights

@@ -1,13 +1,13 @@
 """Reads a Hugging Face folder (BertForMaskedLM or LlamaForCausalLM) into a workdir.
 
 The workdir gets a step-0 checkpoint (params from model.safetensors, a fresh optimizer
-state), config.json derived from the HF config, and the folder's tokenizer: its
-sentencepiece tokenizer.model, else its tokenizer.json with the special tokens its
-tokenizer_config.json names (train/interop/hf_tokenizer_files.py). Export, evaluate,
-decode and fill-mask read it like any training run's; training from it (`python -m
-train.main --workdir=DIR`) starts from the published weights. Settings meshlm cannot
-express are refused in one line. Export -> import -> export reproduces the same tensors
-bit for bit.
+state), config.json derived from the HF config, the folder's tokenizer (its sentencepiece
+tokenizer.model, else its tokenizer.json with the special tokens its tokenizer_config.json
+names: train/interop/hf_tokenizer_files.py) and its chat template (fine-tuning renders
+conversations with it). Export, evaluate, decode and fill-mask read it like any training
+run's; training from it (`python -m train.main --workdir=DIR`) starts from the published
+weights. Settings meshlm cannot express are refused in one line. Export -> import -> export
+reproduces the same tensors bit for bit.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from data import remote
+from data.chat_template import hf_folder_template, write_template
 from data.tokenizer import pull_tokenizer, push_tokenizer
 from train import program
 from train.config import Config, ConfigError, DataConfig, validate
@@ -122,6 +123,9 @@ def import_hf(hf_dir: str | pathlib.Path, workdir: str | pathlib.Path) -> Config
     opt_state = jax.jit(tx.init, out_shardings=layout.shardings["opt_state"])(device_params)
     state = {"step": jax.device_put(np.int32(0), layout.shardings["step"]), "params": device_params,
              "opt_state": opt_state}
+    template = hf_folder_template(hf_dir)
+    if template is not None:
+        write_template(workdir, template)
     checkpoints = Checkpoints(workdir, use_async=False)
     checkpoints.save(0, state, meta)
     checkpoints.wait()

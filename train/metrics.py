@@ -10,6 +10,7 @@ import time
 from typing import Callable, Mapping
 
 import tensorboardX
+from tensorboardX import record_writer
 
 from data import remote
 
@@ -84,6 +85,34 @@ class MetricWriter:
     def _upload(self) -> None:
         self._path.write_text("".join(self._lines), encoding="utf-8")
         self._uploaded = time.monotonic()
+
+
+class _GCSEventsOnce(record_writer.GCSRecordWriter):
+    """tensorboardX's bucket events writer, uploading at close only once.
+
+    Its own close has no closed state and its __del__ closes again: every writer left for
+    the garbage collector uploads its whole events file once more, retrying for two minutes
+    when the bucket cannot be reached (a process exiting after its storage went away).
+    """
+
+    _closed = False
+
+    def flush(self) -> None:
+        if not self._closed:
+            super().flush()
+
+    def close(self) -> None:
+        if not self._closed:
+            super().close()
+            self._closed = True
+
+
+class _GCSEventsFactory(record_writer.GCSRecordWriterFactory):
+    def open(self, path):
+        return _GCSEventsOnce(path)
+
+
+record_writer.register_writer_factory("gs", _GCSEventsFactory())
 
 
 def _fmt(value: float) -> str:

@@ -11,6 +11,7 @@ written to and read from the bucket. Every client is pointed at the emulator wit
 listener stands in for the metadata server and every proxy, and both must stay untouched.
 """
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -215,3 +216,41 @@ def test_a_label_map_in_a_bucket(gcs):
         LabelMap.load(path)
     LabelMap(("negative", "positive")).save(path)
     assert LabelMap.load(path).names == ("negative", "positive")
+
+
+@pytest.mark.slow
+def test_lora_fine_tuning_from_and_into_a_bucket(gcs, tmp_path_factory, tmp_path):
+    """SFT with --init_from=gs://... and a gs:// workdir: tokenizer, chat template, checkpoints and a
+    resume all in the bucket; the PEFT export staged and uploaded."""
+    from data import remote
+    from data.chat_template import DEFAULT_TEMPLATE, TEMPLATE_FILE
+    from tests.data_fixtures import small_store_tokenizer
+    from tests.export_fixtures import random_params, tiny_export_config, write_checkpoint
+    from tests.sft_fixtures import reverse_records, sft_config, write_jsonl
+    from train.checkpoints.manager import Checkpoints
+    from train.checkpoints.params import CheckpointParams
+    from train.finetune.sft import fine_tune
+    from train.interop.peft_export import export_peft
+
+    tokenizer = small_store_tokenizer(tmp_path_factory)
+    config = tiny_export_config(tokenizer.vocab_size, arch="llama", num_kv_heads=2, max_len=64)
+    local = write_checkpoint(tmp_path / "pretrained", config, random_params(config.model, seed=1), tokenizer,
+                             mesh_shape=(1, 1, 1))
+    root = f"gs://{gcs_emulator.BUCKET}/sft-{uuid.uuid4().hex[:8]}"
+    remote.upload_tree(local, remote.as_path(f"{root}/pretrained"))
+    data = write_jsonl(tmp_path / "train.jsonl", reverse_records(100, seed=0))
+    tuned = sft_config(config, data, steps=2, lora_rank=4)
+    tuned.train = dataclasses.replace(tuned.train, batch_size=8, checkpoint_every=2, eval_every=0)
+    workdir = remote.as_path(f"{root}/tuned")
+    fine_tune(tuned, workdir, f"{root}/pretrained")
+    assert Checkpoints(workdir).all_steps() == [2]
+    assert (workdir / "tokenizer.model").read_bytes() == tokenizer.path.read_bytes()
+    assert (workdir / TEMPLATE_FILE).read_text() == DEFAULT_TEMPLATE
+    assert CheckpointParams(workdir).meta["init_from"] == f"{root}/pretrained"
+    # A rerun with more steps resumes from the bucket's checkpoint (no --init_from needed).
+    tuned.train = dataclasses.replace(tuned.train, steps=4, checkpoint_every=2)
+    fine_tune(tuned, workdir, None)
+    assert Checkpoints(workdir).all_steps()[-1] == 4
+    with remote.staged_folder(f"{root}/peft") as out:
+        export_peft(CheckpointParams(workdir), out)
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in remote.as_path(f"{root}/peft").iterdir()}

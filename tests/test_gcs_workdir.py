@@ -207,6 +207,14 @@ def test_a_store_written_to_and_read_from_a_bucket(gcs, tmp_path):
     assert again.key == data.key
 
 
+def test_a_missing_bucket_is_one_line(gcs):
+    from train import program
+
+    with pytest.raises(ConfigError, match="bucket no-such-bucket-xyz not found .*gcloud storage buckets create"):
+        program.writable_workdir("gs://no-such-bucket-xyz/run")
+    assert str(program.writable_workdir(f"gs://{gcs_emulator.BUCKET}/fine/")) == f"gs://{gcs_emulator.BUCKET}/fine"
+
+
 def test_a_label_map_in_a_bucket(gcs):
     """A classifier's gs:// workdir keeps labels.json in the bucket (finetune writes, predict reads)."""
     from data.tasks import LabelMap

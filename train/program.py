@@ -89,6 +89,11 @@ def _writable_bucket_folder(path: str) -> remote.AnyPath:
     try:  # no mkdir: folders are implicit in a bucket, and gcsfs would create a missing bucket
         probe.write_text("meshlm")
         probe.unlink()
+    except FileNotFoundError:  # gcsfs's answer to a write into a bucket that does not exist
+        bucket = path.split("://", 1)[1].split("/", 1)[0]
+        raise ConfigError(f"--workdir={path}: bucket {bucket} not found (or not visible to this host's "
+                          f"credentials); create it (gcloud storage buckets create gs://{bucket}) or check "
+                          "the name") from None
     except Exception as e:  # gcsfs and google-auth raise many kinds: all mean "cannot write here"
         raise ConfigError(f"--workdir={path} is not writable ({type(e).__name__}: "
                           f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else 'no detail'}); check "

@@ -6,7 +6,6 @@ the install runs offline), puts a fake `python3` that reports 3.10 first on PATH
 the real one, found by uv on PATH; downloads are off) and run the module in it.
 """
 
-import os
 import pathlib
 import shutil
 import subprocess
@@ -62,7 +61,7 @@ def test_an_old_python3_gets_a_uv_managed_python_and_the_job_runs(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     venv = checkout / ".venv"
     assert f"Python 3.10.12 is older than 3.11; creating {venv} with Python 3.11 through uv" in done.stdout
-    assert f"hello from 3.11." in done.stdout and str(venv) in done.stdout.splitlines()[-1]
+    assert "hello from 3.11." in done.stdout and str(venv) in done.stdout.splitlines()[-1]
     assert (venv / ".meshlm-stamp").is_file()
 
     again = subprocess.run([str(checkout / "launch.sh"), "run", "hello"], cwd=tmp_path, env=env,

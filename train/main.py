@@ -6,7 +6,6 @@ trains on with it: `python -m train.main --workdir=DIR --config.train.steps=N`.
 
 from __future__ import annotations
 
-import pathlib
 
 from absl import flags
 

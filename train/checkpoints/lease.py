@@ -38,7 +38,6 @@ import time
 from typing import Callable
 
 from data import remote
-from data import remote
 from train.config import ConfigError
 
 LEASE_FILE = "writer.lease"

@@ -16,7 +16,6 @@ config's final step, or after --timeout seconds.
 
 from __future__ import annotations
 
-import pathlib
 import sys
 
 from absl import flags

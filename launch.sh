@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # meshlm's front door: sets up .venv when needed, then runs a job.
 #
-#   ./launch.sh demo                 train configs/bert_tiny.py on the built-in corpus, then fill masks
+#   ./launch.sh demo                 train configs/bert_tiny.py on the built-in corpus, fill masks, show the curve
 #   ./launch.sh test [pytest args]   install the test, hf and eval extras and run the test suite
 #   ./launch.sh train [flags]        python -m train.main with these flags
-#   ./launch.sh COMMAND [flags]      evaluate, checkpoints, decode, fill_mask, export, import_hf,
+#   ./launch.sh COMMAND [flags]      evaluate, checkpoints, curve, decode, fill_mask, export, import_hf,
 #                                    finetune, sft, predict, prepare, build_tfds, write_task, lm_eval:
 #                                    each is python -m of its module (README, "Layout")
 #   ./launch.sh run MODULE [flags]   python -m MODULE with these flags (any module with a main)
@@ -115,6 +115,7 @@ command_module() {
     evaluate) echo train.evaluate ;;
     lm_eval) echo train.evaluate.lm_eval_cli ;;
     checkpoints) echo train.checkpoints ;;
+    curve) echo train.curve_cli ;;
     decode) echo train.generate.decode_cli ;;
     fill_mask) echo train.generate.fill_mask_cli ;;
     export) echo train.interop.export_cli ;;
@@ -140,6 +141,7 @@ case "$cmd" in
     workdir="${WORKDIR:-$ROOT/workdirs/demo}"
     "$PY" -m train.main --config=configs/bert_tiny.py --workdir="$workdir" "$@"
     "$PY" -m "$(command_module fill_mask)" --workdir="$workdir" --examples=5 --candidates=5
+    "$PY" -m "$(command_module curve)" --workdir="$workdir"
     ;;
   test)
     ensure_venv "test,hf,eval"
@@ -166,7 +168,7 @@ case "$cmd" in
     ensure_venv "$extras"
     exec "$PY" -m "$(command_module "$cmd")" "$@"
     ;;
-  checkpoints|decode|fill_mask|export|import_hf|finetune|sft|predict|prepare|build_tfds|write_task)
+  checkpoints|curve|decode|fill_mask|export|import_hf|finetune|sft|predict|prepare|build_tfds|write_task)
     ensure_venv ""
     exec "$PY" -m "$(command_module "$cmd")" "$@"
     ;;
@@ -177,6 +179,6 @@ case "$cmd" in
     awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"
     ;;
   *)
-    die "unknown command '$cmd'; accepted: demo, test, train, evaluate, lm_eval, checkpoints, decode, fill_mask, export, import_hf, finetune, sft, predict, prepare, build_tfds, write_task, run, local, tpu, slurm (see ./launch.sh --help)"
+    die "unknown command '$cmd'; accepted: demo, test, train, evaluate, lm_eval, checkpoints, curve, decode, fill_mask, export, import_hf, finetune, sft, predict, prepare, build_tfds, write_task, run, local, tpu, slurm (see ./launch.sh --help)"
     ;;
 esac

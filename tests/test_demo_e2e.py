@@ -3,10 +3,13 @@
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
 import pytest
+
+from train.metrics import text_curve
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Small enough for CI: a 400 KB slice of the built-in corpus and a 2k vocabulary.
@@ -30,6 +33,8 @@ def test_demo_trains_resumes_and_fills_masks(tmp_path):
     first = _run("train.main", *QUICK, f"--workdir={workdir}", "--config.train.steps=4", cache=cache)
     assert "built-in corpus:" in first and "resumed" not in first
     assert "held-out MLM accuracy" in first and "baseline" in first
+    accuracy, baseline, printed = re.search(r"MLM accuracy ([\d.]+) vs .* baseline ([\d.]+) \(([\d.]+)x\)", first).groups()
+    assert float(printed) <= float(accuracy) / float(baseline) < float(printed) + 0.01  # never rounded up
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4]
     tokenizer_mtime = (workdir / "tokenizer.model").stat().st_mtime_ns
 
@@ -51,3 +56,17 @@ def test_demo_trains_resumes_and_fills_masks(tmp_path):
     custom = _run("train.generate.fill_mask_cli", f"--workdir={workdir}", "--text=The [MASK] returns a list.",
                   cache=cache)
     assert "The [MASK] returns a list." in custom
+
+    curve = _run("train.curve_cli", f"--workdir={workdir}", cache=cache)
+    assert f"{workdir}/tensorboard" in curve and f"{workdir}/metrics.jsonl" in curve
+    assert [int(step) for step in re.findall(r"step (\d+) ", curve)] == [2, 4, 6]
+
+
+def test_text_curve_spans_lowest_to_highest_and_keeps_the_ends():
+    records = [{"step": s, "split": "eval", "loss": 10.0 - s} for s in range(1, 41)]
+    records.insert(3, {"step": 3, "split": "train", "loss": 99.0})
+    lines = text_curve(records, max_points=5, width=20).splitlines()
+    assert [int(line.split()[1]) for line in lines] == [1, 11, 21, 30, 40]
+    bars = [line.count("#") for line in lines]
+    assert bars[0] == 20 and bars[-1] == 1 and bars == sorted(bars, reverse=True)
+    assert "no eval accuracy" in text_curve(records, metric="accuracy")

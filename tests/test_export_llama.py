@@ -89,16 +89,26 @@ def test_llama_export_import_export_is_identical(decoder, tmp_path):
         assert (tmp_path / "first" / name).read_bytes() == (tmp_path / "second" / name).read_bytes(), name
 
 
-def test_llama_import_accepts_a_transformers_saved_model(decoder, tmp_path):
-    """A folder written by save_pretrained (not by us) imports to the same parameters."""
+@pytest.mark.parametrize("shard_size", [None, "40KB"])
+def test_llama_import_accepts_a_transformers_saved_model(decoder, tmp_path, shard_size):
+    """A folder written by save_pretrained (not by us) imports to the same parameters, also when
+    its weights are split over several files (model.safetensors.index.json), as large models are."""
     workdir, config, params, _ = decoder
     export_hf(CheckpointParams(workdir), tmp_path / "ours")
-    transformers.LlamaForCausalLM.from_pretrained(tmp_path / "ours").save_pretrained(tmp_path / "saved")
+    model = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "ours")
+    model.save_pretrained(tmp_path / "saved", **({"max_shard_size": shard_size} if shard_size else {}))
+    assert (tmp_path / "saved" / "model.safetensors").is_file() == (shard_size is None)
     imported = import_hf(tmp_path / "saved", tmp_path / "imported")
     assert imported.model == config.model
-    source = CheckpointParams(tmp_path / "imported")
-    name = "embed.embedding" if config.model.tie_embeddings else "lm_head.kernel"
-    np.testing.assert_array_equal(source.read(name), params[name.split(".")[0]][name.split(".")[1]])
+    source, original = CheckpointParams(tmp_path / "imported"), CheckpointParams(workdir)
+    assert source.specs == original.specs
+    for name in source.specs:
+        np.testing.assert_array_equal(source.read(name), original.read(name), err_msg=name)
+    if shard_size:  # a shard lost in the copy: one line naming it
+        shard = sorted((tmp_path / "saved").glob("model-*.safetensors"))[-1]
+        shard.unlink()
+        with pytest.raises(ValueError, match=f"names shard\\(s\\) that are not in .*: {shard.name}$"):
+            import_hf(tmp_path / "saved", tmp_path / "imported-again")
 
 
 def test_llama_features_transformers_cannot_express_are_refused_in_one_line(tmp_path_factory, tmp_path):

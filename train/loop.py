@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import pathlib
 import time
 from typing import Any, Callable
@@ -198,9 +199,9 @@ def _train(config: Config, workdir: pathlib.Path, cleanup: contextlib.ExitStack,
         log(f"held-out {what} loss {final['loss']:.4f}, perplexity {final['perplexity']:.2f}; "
             f"accuracy {final['accuracy']:.4f} vs most-frequent-token baseline {final['baseline_accuracy']:.4f}")
     elif final:
-        ratio = final["accuracy"] / max(final["baseline_accuracy"], 1e-9)
+        ratio = math.floor(100 * final["accuracy"] / max(final["baseline_accuracy"], 1e-9)) / 100  # never rounded up
         log(f"held-out MLM accuracy {final['accuracy']:.4f} vs most-frequent-token baseline "
-            f"{final['baseline_accuracy']:.4f} ({ratio:.1f}x); loss {final['loss']:.4f}, "
+            f"{final['baseline_accuracy']:.4f} ({ratio:.2f}x); loss {final['loss']:.4f}, "
             f"perplexity {final['perplexity']:.2f}")
     return final
 

@@ -149,3 +149,39 @@ class ProgressBar:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+METRICS_FILE, EVENTS_DIR = "metrics.jsonl", "tensorboard"
+
+
+def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
+    """The records of workdir/metrics.jsonl, in order (a line cut short by a kill is skipped)."""
+    path = pathlib.Path(workdir) / METRICS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {METRICS_FILE} in {workdir}: it is written by training on process 0")
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def text_curve(records: list[dict], *, split: str = "eval", metric: str = "loss", width: int = 40,
+               max_points: int = 16) -> str:
+    """One line per recorded step (at most max_points, evenly picked): the value and a bar whose
+    length spans the lowest to the highest value, so a fall shows without TensorBoard."""
+    points = [(r["step"], r[metric]) for r in records
+              if r.get("split") == split and isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric])]
+    if not points:
+        return f"(no {split} {metric} recorded yet)"
+    if len(points) > max_points:  # keep the first and the last, evenly between
+        points = [points[round(i * (len(points) - 1) / (max_points - 1))] for i in range(max_points)]
+    low, high = min(v for _, v in points), max(v for _, v in points)
+    digits = len(str(points[-1][0]))
+    lines = []
+    for step, value in points:
+        filled = 1 + round((width - 1) * (value - low) / (high - low)) if high > low else width
+        lines.append(f"  step {step:>{digits}}  {_fmt(value):>8}  {'#' * filled}")
+    return "\n".join(lines)

@@ -1,6 +1,6 @@
 """Reads a Hugging Face folder (BertForMaskedLM or LlamaForCausalLM) into a workdir.
 
-The workdir gets a step-0 checkpoint (params from model.safetensors, a fresh optimizer
+The workdir gets a step-0 checkpoint (params from model.safetensors or its shards, a fresh optimizer
 state), config.json derived from the HF config, the folder's tokenizer (its sentencepiece
 tokenizer.model, else its tokenizer.json with the special tokens its tokenizer_config.json
 names: train/interop/hf_tokenizer_files.py) and its chat template (fine-tuning renders
@@ -25,7 +25,7 @@ from train import program
 from train.config import Config, ConfigError, DataConfig, validate
 from train.interop.hf_families import Family, family_of_hf, from_hf
 from train.interop.hf_tokenizer_files import import_tokenizer
-from train.interop.safetensors_file import SafetensorsReader
+from train.interop.safetensors_file import INDEX_FILE, SafetensorsReader, open_checkpoint_weights
 
 
 def read_hf_config(hf_dir: pathlib.Path) -> dict:
@@ -99,11 +99,14 @@ def import_hf(hf_dir: str | pathlib.Path, workdir: str | pathlib.Path) -> Config
     workdir = remote.as_path(workdir)
     hf_config = read_hf_config(hf_dir)
     family, config = config_from_hf(hf_config, hf_dir)
-    if not (hf_dir / "model.safetensors").is_file():
-        raise ConfigError(f"--hf_dir={hf_dir} has no model.safetensors (sharded or .bin checkpoints are not supported)")
+    weights = open_checkpoint_weights(hf_dir)
+    if weights is None:
+        raise ConfigError(f"--hf_dir={hf_dir} has no model.safetensors or {INDEX_FILE}; accepted: safetensors "
+                          "weights, one file or sharded (.bin checkpoints: load and save_pretrained them in "
+                          "Transformers first)")
     if (workdir / "checkpoints").is_dir() and any((workdir / "checkpoints").iterdir()):
         raise ConfigError(f"--workdir={workdir} already has checkpoints; import into a new workdir")
-    params = read_hf_params(family, config, SafetensorsReader(hf_dir / "model.safetensors"))
+    params = read_hf_params(family, config, weights)
     workdir = program.writable_workdir(str(workdir))
     meta = {"config": json.loads(config.to_json()),
             "imported_from": source if remote.is_url(source) else str(hf_dir.absolute())}

@@ -95,3 +95,54 @@ class SafetensorsReader:
     def items(self) -> Iterator[tuple[str, np.ndarray]]:
         for name in self._entries:
             yield name, self.read(name)
+
+
+INDEX_FILE = "model.safetensors.index.json"
+
+
+class ShardedSafetensors:
+    """The tensors of a checkpoint split over several files (Transformers' save_pretrained of a
+    large model), found through model.safetensors.index.json; read as one SafetensorsReader."""
+
+    def __init__(self, index_path: str | pathlib.Path):
+        index_path = pathlib.Path(index_path)
+        try:
+            weight_map = json.loads(index_path.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{index_path} is not a safetensors index (a JSON object with a weight_map): {e}") from None
+        missing = sorted({f for f in weight_map.values() if not (index_path.parent / f).is_file()})
+        if missing:
+            raise ValueError(f"{index_path} names shard(s) that are not in {index_path.parent}: {', '.join(missing)}")
+        files = {f: SafetensorsReader(index_path.parent / f) for f in sorted(set(weight_map.values()))}
+        self.path = index_path
+        self.metadata = next(iter(files.values())).metadata if files else {}
+        self._where = {name: files[f] for name, f in weight_map.items() if name in files[f]}
+
+    def names(self) -> list[str]:
+        return list(self._where)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._where[name].shape(name)
+
+    def dtype(self, name: str) -> np.dtype:
+        return self._where[name].dtype(name)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._where
+
+    def read(self, name: str) -> np.ndarray:
+        return self._where[name].read(name)
+
+    def items(self) -> Iterator[tuple[str, np.ndarray]]:
+        for name in self._where:
+            yield name, self.read(name)
+
+
+def open_checkpoint_weights(folder: str | pathlib.Path) -> SafetensorsReader | ShardedSafetensors | None:
+    """A Transformers folder's weights: model.safetensors, or the shards its index names; None if neither."""
+    folder = pathlib.Path(folder)
+    if (folder / "model.safetensors").is_file():
+        return SafetensorsReader(folder / "model.safetensors")
+    if (folder / INDEX_FILE).is_file():
+        return ShardedSafetensors(folder / INDEX_FILE)
+    return None

@@ -215,6 +215,19 @@ def test_a_missing_bucket_is_one_line(gcs):
     assert str(program.writable_workdir(f"gs://{gcs_emulator.BUCKET}/fine/")) == f"gs://{gcs_emulator.BUCKET}/fine"
 
 
+def test_the_curve_reads_a_buckets_metrics(gcs):
+    """train.curve_cli's records come from a gs:// workdir's metrics.jsonl, as MetricWriter leaves it."""
+    from train.metrics import MetricWriter, read_metrics, text_curve
+
+    workdir = f"gs://{gcs_emulator.BUCKET}/curve-{uuid.uuid4().hex[:8]}"
+    writer = MetricWriter(workdir, echo=lambda line: None)
+    for step, loss in ((1, 3.0), (2, 2.0)):
+        writer.write(step, "eval", {"loss": loss})
+    writer.close()
+    assert [r["loss"] for r in read_metrics(workdir)] == [3.0, 2.0]
+    assert text_curve(read_metrics(workdir)).splitlines()[-1].startswith("  step 2    2.0000")
+
+
 def test_a_label_map_in_a_bucket(gcs):
     """A classifier's gs:// workdir keeps labels.json in the bucket (finetune writes, predict reads)."""
     from data.tasks import LabelMap

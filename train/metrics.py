@@ -156,7 +156,7 @@ METRICS_FILE, EVENTS_DIR = "metrics.jsonl", "tensorboard"
 
 def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
     """The records of workdir/metrics.jsonl, in order (a line cut short by a kill is skipped)."""
-    path = pathlib.Path(workdir) / METRICS_FILE
+    path = remote.as_path(workdir) / METRICS_FILE  # a gs:// workdir's too
     if not path.is_file():
         raise FileNotFoundError(f"no {METRICS_FILE} in {workdir}: it is written by training on process 0")
     records = []

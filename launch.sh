@@ -13,7 +13,9 @@
 #   ./launch.sh slurm [--nodes=N --gpus_per_node=G ...] [--grace=S] [--dry-run] -- [train flags]   sbatch + srun
 #   (--grace: seconds between the SIGTERM that stops a job's processes and the SIGKILL, default 30)
 #
-# Environment: PYTHON (interpreter to build .venv from, default python3),
+# Environment: PYTHON (interpreter to build .venv from, default python3; when python3 is older
+# than 3.11, as on stock Cloud TPU VM images, uv makes .venv with a managed Python
+# MESHLM_PYTHON_VERSION, default 3.11),
 # MESHLM_VENV (default .venv), WORKDIR (demo's workdir, default workdirs/demo),
 # MESHLM_EXTRAS (extra pyproject extras to install, e.g. tpu or cuda).
 set -euo pipefail
@@ -38,17 +40,9 @@ ensure_venv() {
   if [[ -f "$VENV/.meshlm-stamp" ]] && grep -qxF "$want" "$VENV/.meshlm-stamp"; then
     return 0
   fi
-  local base="${PYTHON:-python3}"
-  command -v "$base" >/dev/null || die "no '$base' on PATH; set PYTHON to a Python 3.11+ interpreter"
-  "$base" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
-    die "$("$base" --version 2>&1) is too old; meshlm needs Python 3.11+ (set PYTHON=...)"
-  if [[ ! -x "$PY" ]]; then
-    echo "launch.sh: creating $VENV"
-    "$base" -m venv "$VENV"
-  fi
-  if [[ ! -x "$VENV/bin/uv" ]]; then
-    "$PY" -m pip install -q --disable-pip-version-check uv
-  fi
+  [[ -x "$PY" ]] || create_venv
+  local uv
+  uv="$(find_uv "$PY")"
   echo "launch.sh: installing dependencies (extras: ${extras:-none})"
   local extra_args=()
   local e
@@ -57,12 +51,47 @@ ensure_venv() {
   # Local wheel folders (PIP_FIND_LINKS: the CPU torch wheel here) are offered to uv as well.
   local link
   for link in ${PIP_FIND_LINKS:-}; do extra_args+=(--find-links "$link"); done
-  "$VENV/bin/uv" pip install -q --python "$PY" --compile-bytecode -r pyproject.toml ${extra_args[@]+"${extra_args[@]}"}
+  "$uv" pip install -q --python "$PY" --compile-bytecode -r pyproject.toml ${extra_args[@]+"${extra_args[@]}"}
   # One stamp line per extras set installed from this pyproject, so `demo` after `test`
   # does not reinstall; lines of an older pyproject are dropped.
   { grep "^$hash " "$VENV/.meshlm-stamp" 2>/dev/null | grep -vxF "$want" || true
     echo "$want"; } >"$VENV/.meshlm-stamp.new"
   mv "$VENV/.meshlm-stamp.new" "$VENV/.meshlm-stamp"
+}
+
+# Makes $VENV from $PYTHON (default python3) when that is 3.11+. An older python3 (the stock
+# Cloud TPU VM images have 3.10) or none: uv makes the venv with a Python $MESHLM_PYTHON_VERSION
+# (default 3.11) it finds on this machine or downloads (a uv-managed CPython, ~/.local/share/uv).
+create_venv() {
+  local base="${PYTHON:-python3}"
+  if command -v "$base" >/dev/null && "$base" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "launch.sh: creating $VENV"
+    "$base" -m venv "$VENV"
+    return 0
+  fi
+  [[ -z "${PYTHON:-}" ]] || die "PYTHON=$PYTHON is $("$PYTHON" --version 2>&1 || echo 'not runnable'); meshlm needs Python 3.11+ (or unset PYTHON: launch.sh then makes the venv with a uv-managed Python)"
+  local version="${MESHLM_PYTHON_VERSION:-3.11}" have
+  have="$(python3 --version 2>&1 || echo 'no python3')"
+  echo "launch.sh: $have is older than 3.11; creating $VENV with Python $version through uv"
+  local uv
+  uv="$(find_uv python3)"
+  "$uv" venv -q --python "$version" "$VENV" ||
+    die "uv could not make a Python $version venv; install Python 3.11+ and set PYTHON=/path/to/python3.11"
+}
+
+# The uv that installs into the venv: the venv's own, one on PATH, else one pip installs
+# (into the venv when it has pip, else into .cache/uv for the Python it is given).
+find_uv() {
+  local python="$1" boot="$ROOT/.cache/uv"
+  if [[ -x "$VENV/bin/uv" ]]; then echo "$VENV/bin/uv"; return 0; fi
+  if command -v uv >/dev/null; then command -v uv; return 0; fi
+  if [[ -x "$boot/bin/uv" ]]; then echo "$boot/bin/uv"; return 0; fi
+  if [[ "$python" == "$PY" ]]; then
+    "$PY" -m pip install -q --disable-pip-version-check uv >&2 && { echo "$VENV/bin/uv"; return 0; }
+  fi
+  "$python" -m pip install -q --disable-pip-version-check --target "$boot" uv >&2 ||
+    die "no uv, and '$python -m pip install uv' failed; install uv (python3 -m pip install --user uv, or apt-get install python3-pip first)"
+  echo "$boot/bin/uv"
 }
 
 # Compiled XLA programs are cached across runs: reruns and the test suite start faster.
@@ -147,7 +176,7 @@ case "$cmd" in
   tpu) launch_tpu "$@" ;;
   slurm) launch_slurm "$@" ;;
   ""|-h|--help|help)
-    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+    awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"
     ;;
   *)
     die "unknown command '$cmd'; accepted: demo, test, train, evaluate, lm_eval, checkpoints, curve, decode, fill_mask, export, import_hf, finetune, sft, predict, prepare, build_tfds, write_task, run, local, tpu, slurm (see ./launch.sh --help)"

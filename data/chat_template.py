@@ -29,6 +29,7 @@ import jinja2
 import jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from data import remote
 from data.documents import DataError
 
 TEMPLATE_FILE = "chat_template.jinja"  # in a workdir, as Transformers also saves it
@@ -129,7 +130,7 @@ def encode_text(tokenizer, text: str) -> list[int]:
 
 def load_template(path: str | pathlib.Path) -> str:
     """The text of a template file; a DataError when it cannot be read."""
-    path = pathlib.Path(path).expanduser()
+    path = remote.as_path(path) if remote.is_url(path) else pathlib.Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"chat template {path} is not a file; give a Jinja template file "
                         "(data.chat_template=PATH), or leave data.chat_template empty for the workdir's or the default")
@@ -138,18 +139,18 @@ def load_template(path: str | pathlib.Path) -> str:
 
 def workdir_template(workdir: str | pathlib.Path) -> str | None:
     """A workdir's chat template text, or None when it has none."""
-    path = pathlib.Path(workdir) / TEMPLATE_FILE
+    path = remote.as_path(workdir) / TEMPLATE_FILE  # a gs:// workdir's too
     return path.read_text(encoding="utf-8") if path.is_file() else None
 
 
 def write_template(workdir: str | pathlib.Path, text: str) -> None:
     """Keeps `text` as the workdir's chat template."""
-    (pathlib.Path(workdir) / TEMPLATE_FILE).write_text(text, encoding="utf-8")
+    (remote.as_path(workdir) / TEMPLATE_FILE).write_text(text, encoding="utf-8")
 
 
 def hf_folder_template(hf_dir: str | pathlib.Path) -> str | None:
     """The chat template of a Transformers folder (chat_template.jinja, else tokenizer_config.json's)."""
-    hf_dir = pathlib.Path(hf_dir)
+    hf_dir = remote.as_path(hf_dir)
     if (hf_dir / TEMPLATE_FILE).is_file():
         return (hf_dir / TEMPLATE_FILE).read_text(encoding="utf-8")
     config = hf_dir / "tokenizer_config.json"

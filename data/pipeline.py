@@ -7,6 +7,11 @@
          workdir/data/source-<key>/ by tokenize_to_store (data/token_store.py)
       3. the packed rows: workdir/data/<key>/{train,validation} (data/packing.py)
 
+A workdir in a bucket (`gs://...`) keeps its tokenizer there, but the token store and rows
+are memory-mapped, so they are made in the workdir's local mirror under the cache
+(data/remote.py); each host of a pod makes its own. A `store:gs://...` store is copied
+to the cache once (keyed by its content hash) and read there.
+
 Each step is made once and reused; each is written to a temporary folder and renamed into
 place, so an interrupted run never leaves half of one. Each records hashes of what it
 wrote (the tokenizer's FILE.sha256, the store's per-shard sha256, the rows' per-block
@@ -27,13 +32,15 @@ import os
 import pathlib
 import shutil
 
+from data import remote
 from data.builtin_corpus import CorpusFiles, builtin_corpus, default_cache_dir, read_documents
 from data.documents import SPLITS, DataError, DecodeCounts
 from data.packing import PACK_WINDOW, PackedRows, is_hashed, pack_store
 from data.sources import SourceSpec, parse_source, source_documents
-from data.token_store import SHARD_DOCS, TokenStore, write_store
+from data.token_store import MANIFEST, SHARD_DOCS, TokenStore, write_store
 from data.tokenizer import (SPM_FILE, AnyTokenizer, copy_tokenizer, fits_vocab, load_or_train_tokenizer,
-                            open_tokenizer, tokenizer_file, train_tokenizer_on_documents)
+                            open_tokenizer, pull_tokenizer, push_tokenizer, tokenizer_file,
+                            train_tokenizer_on_documents)
 
 # Bump when packing changes, so old rows are not reused.
 STORE_VERSION = 1
@@ -67,14 +74,22 @@ def prepare(workdir: str | os.PathLike, source: str | SourceSpec, *, seq_len: in
     """The tokenizer, token store and packed rows of source for workdir (made once, then reused)."""
     if seq_len < 4:
         raise ValueError(f"seq_len must be at least 4, got {seq_len}")
-    workdir = pathlib.Path(workdir)
     spec = parse_source(source) if isinstance(source, str) else source
     cache_dir = cache_dir or default_cache_dir()
+    if remote.is_url(workdir):  # the tokenizer in the bucket; the caches in its local mirror
+        bucket, mirror = remote.as_path(workdir), remote.local_mirror(workdir, cache_dir)
+        pull_tokenizer(bucket, mirror)
+        prepared = prepare(mirror, spec, seq_len=seq_len, vocab_size=vocab_size, tokenizer_type=tokenizer_type,
+                           text_field=text_field, tfds_data_dir=tfds_data_dir, cache_dir=cache_dir,
+                           max_corpus_bytes=max_corpus_bytes)
+        push_tokenizer(mirror, bucket)
+        return prepared
+    workdir = pathlib.Path(workdir)
     corpus = builtin_corpus(cache_dir, max_corpus_bytes) if spec.kind == "builtin" else None
     read = dict(text_field=text_field, tfds_data_dir=tfds_data_dir, builtin_dir=cache_dir,
                 max_corpus_bytes=max_corpus_bytes)
     if spec.kind == "store":
-        store = _open_store(spec.path, vocab_size)
+        store = _open_store(spec.path, vocab_size, cache_dir)
         tokenizer = _adopt_tokenizer(workdir, store)
     else:
         model_path = tokenizer_file(workdir) or workdir / SPM_FILE
@@ -104,8 +119,16 @@ def tokenize_to_store(source: str | SourceSpec, tokenizer: str | os.PathLike, ou
         raise DataError(f"--source={spec.describe()} is already a token store; give a text source")
     if not tokenizer or not out:
         raise DataError("--tokenizer and --out are required")
-    if pathlib.Path(out).expanduser().exists():
+    if (remote.as_path(out) if remote.is_url(out) else pathlib.Path(out).expanduser()).exists():
         raise DataError(f"store {out} already exists; choose a new --out or delete it")
+    if remote.is_url(out):  # written on local disk, then uploaded with its manifest last
+        staging = remote.local_mirror(out, builtin_dir or default_cache_dir())
+        remote.remove_tree(staging)
+        manifest = tokenize_to_store(spec, tokenizer, staging, vocab_size=vocab_size, tokenizer_type=tokenizer_type,
+                                     text_field=text_field, tfds_data_dir=tfds_data_dir, workers=workers,
+                                     shard_docs=shard_docs, builtin_dir=builtin_dir)
+        upload_store(staging, remote.as_path(out))
+        return manifest
     builtin_dir = builtin_dir or default_cache_dir()
     read = dict(text_field=text_field, tfds_data_dir=tfds_data_dir, builtin_dir=builtin_dir)
     if not pathlib.Path(tokenizer).exists():
@@ -118,6 +141,14 @@ def tokenize_to_store(source: str | SourceSpec, tokenizer: str | os.PathLike, ou
         raise DataError(f"tokenizer {tokenizer} has {open_tokenizer(tokenizer).vocab_size} pieces, "
                         f"not --vocab_size={vocab_size}; drop --vocab_size or use another path")
     return _write_source_store(out, spec, tokenizer, read, workers=workers, shard_docs=shard_docs)
+
+
+def upload_store(local: pathlib.Path, target: remote.AnyPath) -> None:
+    """Copies a local store into a bucket folder; the manifest last, so a half copy is no store."""
+    for path in sorted(local.rglob("*")):
+        if path.is_file() and path.name != MANIFEST:
+            remote.upload(path, target / path.relative_to(local).as_posix())
+    remote.upload(local / MANIFEST, target / MANIFEST)
 
 
 def _write_source_store(out, spec: SourceSpec, tokenizer_path, read: dict, **options) -> dict:
@@ -154,9 +185,9 @@ def _workdir_store(workdir: pathlib.Path, spec: SourceSpec, corpus: CorpusFiles 
     return TokenStore(store_dir)
 
 
-def _open_store(path: str, vocab_size: int) -> TokenStore:
+def _open_store(path: str, vocab_size: int, cache_dir: str | os.PathLike) -> TokenStore:
     """A store made by data.prepare_cli, checked against its manifest and the model's vocabulary."""
-    store = TokenStore(path)
+    store = TokenStore(local_store(path, cache_dir))
     tokenizer = open_tokenizer(store.tokenizer_path)
     if tokenizer.sha256() != store.manifest["tokenizer"]["sha256"]:
         raise DataError(f"{store.tokenizer_path} is not the tokenizer recorded in the store's "
@@ -166,6 +197,22 @@ def _open_store(path: str, vocab_size: int) -> TokenStore:
                         f"pieces but model.vocab_size={vocab_size}; set "
                         f"--config.model.vocab_size={tokenizer.vocab_size}")
     return store
+
+
+def local_store(path: str, cache_dir: str | os.PathLike = "") -> str:
+    """A store's local folder: itself, or for a bucket's store its copy in the cache (made once)."""
+    if not remote.is_url(path):
+        return path
+    url = remote.as_path(path)
+    try:
+        manifest = json.loads((url / MANIFEST).read_text(encoding="utf-8"))
+        content = manifest["content_hash"]
+    except FileNotFoundError:
+        raise DataError(f"store {path} has no {MANIFEST}: give a folder written by data.prepare_cli") from None
+    except (ValueError, KeyError, TypeError):
+        raise DataError(f"store {path} has a damaged {MANIFEST}; prepare it again") from None
+    mirror = remote.local_mirror(path, cache_dir or default_cache_dir())
+    return str(remote.download_tree(url, mirror.with_name(f"{mirror.name}-{content[:16]}"), last=MANIFEST))
 
 
 def _adopt_tokenizer(workdir: pathlib.Path, store: TokenStore) -> AnyTokenizer:

@@ -30,6 +30,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from data import remote
 from data.chat_template import ROLES, ChatTemplate, encode_text
 from data.documents import SPLITS, DataError, decode_utf8, is_validation
 from data.packing import PackedRows, pack_examples
@@ -239,7 +240,8 @@ def prepare_sft(workdir: str | os.PathLike, source: str | SourceSpec, *, tokeniz
                 "fields": dataclasses.asdict(fields), "tokenizer": tokenizer.sha256(), "template": template.sha256(),
                 "special_tokens": template.special_tokens, "seq_len": seq_len, "version": FORMAT_VERSION}
     key = "sft-" + hashlib.blake2b(json.dumps(identity, sort_keys=True).encode(), digest_size=8).hexdigest()
-    rows_dir = pathlib.Path(workdir) / "data" / key
+    # Rows are memory-mapped: a bucket workdir's are made in its local mirror (data/remote.py).
+    rows_dir = (remote.local_mirror(workdir) if remote.is_url(workdir) else pathlib.Path(workdir)) / "data" / key
     if not (rows_dir / "counts.json").is_file():
         _write_rows(rows_dir, spec, template=template, tokenizer=tokenizer, seq_len=seq_len, fields=fields,
                     tfds_data_dir=tfds_data_dir)

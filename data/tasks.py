@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from data import remote
 from data.tokenizer import AnyTokenizer
 
 FILE_SUFFIXES = (".csv", ".jsonl")
@@ -191,11 +192,11 @@ class LabelMap:
         return np.array([index[e.label] for e in examples], np.int32)
 
     def save(self, path: str | os.PathLike) -> None:
-        pathlib.Path(path).write_text(json.dumps({"labels": list(self.names)}, indent=2) + "\n", encoding="utf-8")
+        remote.as_path(path).write_text(json.dumps({"labels": list(self.names)}, indent=2) + "\n", encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LabelMap":
-        path = pathlib.Path(path)
+        path = remote.as_path(path)  # a gs:// workdir's labels.json too
         if not path.is_file():
             raise ValueError(f"no label map at {path}; it is written when fine-tuning starts")
         return cls(tuple(json.loads(path.read_text(encoding="utf-8"))["labels"]))

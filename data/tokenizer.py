@@ -24,8 +24,9 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import sentencepiece as spm
 
-from data.hf_tokenizer import HFTokenizer
-from data.integrity import check_recorded_sha256, record_sha256
+from data import remote
+from data.hf_tokenizer import CONFIG_FILE, HFTokenizer
+from data.integrity import check_recorded_sha256, record_path, record_sha256
 
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 1, 2, 3, 4
 PAD_PIECE, UNK_PIECE = "[PAD]", "[UNK]"
@@ -183,7 +184,15 @@ SPM_FILE, HF_FILE = "tokenizer.model", "tokenizer.json"
 
 
 def tokenizer_file(directory: str | os.PathLike) -> pathlib.Path | None:
-    """The tokenizer of a workdir or store: tokenizer.model or tokenizer.json (never both), or None."""
+    """The tokenizer of a workdir or store: tokenizer.model or tokenizer.json (never both), or None.
+
+    A workdir in a bucket is read through its local mirror (data/remote.py): the file
+    returned is the downloaded copy, which the tokenizer libraries can open.
+    """
+    if remote.is_url(directory):
+        mirror = remote.local_mirror(directory)
+        pull_tokenizer(remote.as_path(directory), mirror)
+        directory = mirror
     directory = pathlib.Path(directory)
     found = [directory / name for name in (SPM_FILE, HF_FILE) if (directory / name).is_file()]
     if len(found) > 1:
@@ -200,14 +209,60 @@ def open_tokenizer(path: str | os.PathLike) -> AnyTokenizer:
     return Tokenizer(path)
 
 
-def copy_tokenizer(tokenizer: AnyTokenizer, directory: pathlib.Path) -> pathlib.Path:
-    """Copies a tokenizer's files into directory under the standard names; returns its main file."""
+def copy_tokenizer(tokenizer: AnyTokenizer, directory: str | os.PathLike) -> pathlib.Path:
+    """Copies a tokenizer's files into directory under the standard names; returns its main file.
+
+    Into a bucket folder, the files are written to its local mirror and uploaded; the mirror's
+    copy is returned.
+    """
+    if remote.is_url(directory):
+        mirror = remote.local_mirror(directory)
+        copied = copy_tokenizer(tokenizer, mirror)
+        push_tokenizer(mirror, remote.as_path(directory))
+        return copied
+    directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if isinstance(tokenizer, HFTokenizer):
         return tokenizer.copy_to(directory)
     shutil.copyfile(tokenizer.path, directory / SPM_FILE)
     record_sha256(directory / SPM_FILE, tokenizer.sha256())  # checked by every later load
     return directory / SPM_FILE
+
+
+def _tokenizer_files() -> list[str]:
+    """The names a workdir's tokenizer may use: the files, their sha256 records, the roles."""
+    return [name for main in (SPM_FILE, HF_FILE) for name in (main, record_path(main).name)] + [CONFIG_FILE]
+
+
+def pull_tokenizer(source: remote.AnyPath, mirror: pathlib.Path) -> None:
+    """Makes the tokenizer files of a local mirror those of a bucket folder (downloaded, or removed)."""
+    for name in _tokenizer_files():
+        remote_file, local_file = source / name, mirror / name
+        if not remote_file.exists():
+            local_file.unlink(missing_ok=True)
+        elif name.endswith(".sha256") or not _same_record(source, mirror, name):
+            remote.download(remote_file, local_file)
+
+
+def _same_record(source: remote.AnyPath, mirror: pathlib.Path, name: str) -> bool:
+    """Whether the mirror holds a file whose sha256 record equals the bucket's (no download needed)."""
+    record = record_path(name).name
+    local = mirror / record
+    if not (mirror / name).is_file() or not local.is_file() or not (source / record).exists():
+        return False
+    return local.read_text(encoding="utf-8") == (source / record).read_text(encoding="utf-8")
+
+
+def push_tokenizer(mirror: pathlib.Path, target: remote.AnyPath) -> None:
+    """Uploads a local mirror's tokenizer files that its bucket folder lacks.
+
+    The roles first and the sha256 records last: a reader never sees a tokenizer.json
+    without its roles, nor a record without its file.
+    """
+    names = _tokenizer_files()
+    for name in sorted(names, key=lambda n: (n != CONFIG_FILE) + n.endswith(".sha256")):
+        if (mirror / name).is_file() and not (target / name).exists():
+            remote.upload(mirror / name, target / name)
 
 
 def fits_vocab(tokenizer: AnyTokenizer, vocab_size: int) -> bool:

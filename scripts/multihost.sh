@@ -121,40 +121,142 @@ stop_processes() {
   for pid in "${running[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
 }
 
-# ./launch.sh tpu --name=NAME --zone=ZONE [--project=P] [--grace=S] [--dry-run] -- job args
-# Copies this checkout to every worker of a Cloud TPU VM, installs the venv there (with
-# the tpu extra) and runs the same command on all workers; worker 0 streams its output,
-# the others write ~/meshlm/worker.log. Each worker's process runs under
-# scripts/supervise.sh: when its ssh session ends (Ctrl-C here) it gets SIGTERM, then
-# SIGKILL S seconds later (default 30), so no process is left holding the TPU.
+# ./launch.sh tpu --name=NAME --zone=ZONE [--project=P] [--num_slices=N] [--logs=DIR] [--grace=S]
+#                 [--dry-run] -- job args
+# ./launch.sh tpu --name=NAME --zone=ZONE [--project=P] [--num_slices=N] --stop
+# Copies this checkout to every worker of a Cloud TPU VM (or of the N slices NAME-0 ...
+# NAME-{N-1}, e.g. a queued resource's nodes) and runs the same command on all of them under
+# scripts/tpu_worker.sh: each worker sets up its venv (the tpu extra; a uv-managed Python
+# where the image's is older than 3.11) and runs the job under scripts/supervise.sh. Every
+# worker's lines come back prefixed [wN] (or [sSwN]); --logs=DIR also writes them to
+# DIR/wN.log, one file per worker (each worker keeps ~/meshlm/logs/ too). When a worker's
+# job fails, its last lines are shown and the job is stopped on the others (SIGTERM, then
+# SIGKILL S seconds later, default 30); --stop does that from another terminal; Ctrl-C here
+# closes the ssh sessions, which stops the job too. A multi-slice job gets MaxText's
+# MEGASCALE_* variables (the coordinator: worker 0 of NAME-0), which JAX and libtpu read.
 launch_tpu() {
   parse_launcher_args "$@"
-  local name="" zone="" project="" grace=30 opt
+  local name="" zone="" project="" grace=30 logs="" stop=0 slices=1 opt
   for opt in ${OPTS[@]+"${OPTS[@]}"}; do
     case "$opt" in
       --name=*) name="${opt#*=}" ;;
       --zone=*) zone="${opt#*=}" ;;
       --project=*) project="${opt#*=}" ;;
       --grace=*) grace="${opt#*=}" ;;
-      *) die "tpu: unknown option '$opt'; accepted: --name= --zone= --project= --grace= --module= --dry-run" ;;
+      --logs=*) logs="${opt#*=}" ;;
+      --num_slices=*) slices="${opt#*=}" ;;
+      --stop) stop=1 ;;
+      *) die "tpu: unknown option '$opt'; accepted: --name= --zone= --project= --num_slices= --logs= --grace= --stop --module= --dry-run" ;;
     esac
   done
   [[ "$grace" =~ ^[0-9]+$ ]] || die "tpu: --grace=$grace; accepted: seconds, an integer >= 0"
+  [[ "$slices" =~ ^[1-9][0-9]*$ ]] || die "tpu: --num_slices=$slices; accepted: an integer >= 1"
   [[ -n "$name" && -n "$zone" ]] || die "tpu: --name=NAME and --zone=ZONE are required"
-  local where=(--zone="$zone" --worker=all)
-  [[ -n "$project" ]] && where+=(--project="$project")
-  local tarball="${TMPDIR:-/tmp}/meshlm-$name.tar.gz"
+  TPU_WHERE=(--zone="$zone" --worker=all)
+  [[ -n "$project" ]] && TPU_WHERE+=(--project="$project")
+  TPU_NODES=("$name")
+  if (( slices > 1 )); then
+    TPU_NODES=()
+    local s
+    for (( s = 0; s < slices; s++ )); do TPU_NODES+=("$name-$s"); done
+  fi
+  TPU_GRACE="$grace"
+  if [[ "$stop" == 1 ]]; then
+    stop_tpu_job
+    return
+  fi
+  local tarball="${TMPDIR:-/tmp}/meshlm-$name.tar.gz" node
   run_or_show tar -czf "$tarball" -C "$ROOT" --exclude=./.venv --exclude=./.cache --exclude=./.git \
-    --exclude=./workdirs .
-  run_or_show gcloud compute tpus tpu-vm scp "$tarball" "$name:meshlm.tar.gz" "${where[@]}"
-  local job
-  job="$(show_cmd scripts/supervise.sh --grace="$grace" -- ./launch.sh run "$MODULE" ${JOB_ARGS[@]+"${JOB_ARGS[@]}"})"
-  # The worker number comes from the TPU metadata server; only worker 0 streams.
-  local remote="set -e; mkdir -p ~/meshlm && tar -xzf ~/meshlm.tar.gz -C ~/meshlm && cd ~/meshlm"
-  remote+="; export MESHLM_EXTRAS=tpu MESHLM_DISTRIBUTED=auto"
-  remote+="; w=\$(curl -s -H Metadata-Flavor:Google http://metadata.google.internal/computeMetadata/v1/instance/attributes/agent-worker-number)"
-  remote+="; if [ \"\$w\" = 0 ]; then $job; else $job > worker.log 2>&1; fi"
-  run_or_show gcloud compute tpus tpu-vm ssh "$name" "${where[@]}" --command="$remote"
+    --exclude=./workdirs --exclude=./logs .
+  for node in "${TPU_NODES[@]}"; do
+    run_or_show gcloud compute tpus tpu-vm scp "$tarball" "$node:meshlm.tar.gz" "${TPU_WHERE[@]}"
+  done
+  local job env="MESHLM_EXTRAS=tpu MESHLM_DISTRIBUTED=auto" coordinator=""
+  job="$(show_cmd bash scripts/tpu_worker.sh --grace="$grace" -- ./launch.sh run "$MODULE" ${JOB_ARGS[@]+"${JOB_ARGS[@]}"})"
+  if (( slices > 1 )); then
+    local describe=(gcloud compute tpus tpu-vm describe "${TPU_NODES[0]}" --zone="$zone"
+                    --format='value(networkEndpoints[0].ipAddress)')
+    [[ -n "$project" ]] && describe+=(--project="$project")
+    if [[ "$DRY_RUN" == 1 ]]; then
+      show_cmd "${describe[@]}"
+      coordinator='$COORDINATOR_IP'
+    else
+      coordinator="$("${describe[@]}")" || die "tpu: could not read the address of ${TPU_NODES[0]}'s worker 0"
+    fi
+  fi
+  local commands=() s=0
+  for node in "${TPU_NODES[@]}"; do
+    local remote="set -e; mkdir -p ~/meshlm && tar -xzf ~/meshlm.tar.gz -C ~/meshlm && cd ~/meshlm; export $env"
+    if (( slices > 1 )); then
+      remote+=" MEGASCALE_COORDINATOR_ADDRESS=$coordinator:8080 MEGASCALE_NUM_SLICES=$slices"
+      remote+=" MEGASCALE_SLICE_ID=$s MEGASCALE_PORT=8080"
+    fi
+    commands+=("$remote; $job")
+    s=$(( s + 1 ))
+  done
+  if [[ "$DRY_RUN" == 1 ]]; then
+    for (( s = 0; s < ${#TPU_NODES[@]}; s++ )); do
+      show_cmd gcloud compute tpus tpu-vm ssh "${TPU_NODES[s]}" "${TPU_WHERE[@]}" --command="${commands[s]}"
+    done
+    [[ -z "$logs" ]] || echo "# every worker's lines also go to $logs/<worker>.log"
+    return 0
+  fi
+  [[ -z "$logs" ]] || mkdir -p "$logs"
+  local status=0
+  {
+    for (( s = 0; s < ${#TPU_NODES[@]}; s++ )); do
+      gcloud compute tpus tpu-vm ssh "${TPU_NODES[s]}" "${TPU_WHERE[@]}" --command="${commands[s]}" &
+    done
+    wait
+  } 2>&1 | watch_workers "$logs" stop_tpu_job || status=$?
+  return "$status"
+}
+
+# Stops the job on every worker of TPU_NODES (scripts/tpu_worker.sh --stop on each).
+stop_tpu_job() {
+  local node
+  for node in "${TPU_NODES[@]}"; do
+    run_or_show gcloud compute tpus tpu-vm ssh "$node" "${TPU_WHERE[@]}" \
+      --command="cd ~/meshlm && bash scripts/tpu_worker.sh --stop --grace=$TPU_GRACE"
+  done
+}
+
+# Reads the workers' lines ([TAG] prefixed, see scripts/tpu_worker.sh) from stdin: prints
+# them, writes each worker's to LOGS/TAG.log (a temporary folder without --logs), and when a
+# worker's job fails shows its last lines and calls ON_FAILURE once (which stops the others).
+# Returns the failing worker's status: the first one, unless that one only stopped because a
+# peer died (75, train/peers.py) and another failed for itself.
+watch_workers() {
+  local logs="$1" on_failure="$2" keep=1
+  if [[ -z "$logs" ]]; then logs="$(mktemp -d)"; keep=0; fi
+  local status=0 line tag rest code cause=""
+  while IFS= read -r line; do
+    if [[ "$line" =~ ^\[((s[0-9]+)?w[0-9]+)\]\ ?(.*)$ ]]; then
+      tag="${BASH_REMATCH[1]}" rest="${BASH_REMATCH[3]}"
+      if [[ "$rest" =~ ^meshlm-exit\ ([0-9]+)$ ]]; then
+        code="${BASH_REMATCH[1]}"
+        (( code != 0 )) || continue
+        if [[ -z "$cause" ]] || { (( status == 75 )) && (( code != 75 )); }; then
+          echo "launch.sh: worker $tag exited with status $code; its last lines:" >&2
+          tail -n 10 "$logs/$tag.log" 2>/dev/null | sed "s/^/  [$tag] /" >&2
+          status="$code"
+          if [[ -z "$cause" ]]; then
+            cause="$tag"
+            echo "launch.sh: stopping the job on the other workers" >&2
+            "$on_failure" >&2 || true
+          fi
+        fi
+        continue
+      fi
+      printf '%s\n' "$line"
+      printf '%s\n' "$rest" >>"$logs/$tag.log"
+    else
+      printf '%s\n' "$line"
+      printf '%s\n' "$line" >>"$logs/launcher.log"
+    fi
+  done
+  (( keep )) || rm -rf "$logs"
+  return "$status"
 }
 
 # ./launch.sh slurm [--nodes=N] [--gpus_per_node=G] [--partition=P] [--time=T]

@@ -71,13 +71,13 @@ def test_three_entry_mesh_shapes_still_load_as_sequence_one():
     assert '"shape": [\n      1,\n      1,\n      1\n    ]' in saved  # what workdirs hold today
     loaded = config_from_json(saved)
     validate(loaded)
-    assert loaded.mesh.sizes() == {"data": 1, "fsdp": 1, "tensor": 1, "sequence": 1}
-    assert dict(make_mesh((2, 2, 2)).shape) == {"data": 2, "fsdp": 2, "tensor": 2, "sequence": 1}
-    assert dict(make_mesh((1, 2, 1, -1)).shape) == {"data": 1, "fsdp": 2, "tensor": 1, "sequence": 4}
+    assert loaded.mesh.sizes() == {"data": 1, "fsdp": 1, "tensor": 1, "sequence": 1, "dcn": 1}
+    assert dict(make_mesh((2, 2, 2)).shape) == {"data": 2, "fsdp": 2, "tensor": 2, "sequence": 1, "dcn": 1}
+    assert dict(make_mesh((1, 2, 1, -1)).shape) == {"data": 1, "fsdp": 2, "tensor": 1, "sequence": 4, "dcn": 1}
 
 
 @pytest.mark.parametrize("change,words", [
-    (dict(mesh=(1, 1, 1, 1, 1)), "mesh.shape=(1, 1, 1, 1, 1); accepted: 3 to 4 sizes for (data, fsdp, tensor, sequence)"),
+    (dict(mesh=(1, 1, 1, 1, 1, 1)), "mesh.shape=(1, 1, 1, 1, 1, 1); accepted: 3 to 5 sizes for (data, fsdp, tensor, sequence, dcn)"),
     (dict(mesh=(1, 1, 1, 3)), "data.seq_len=128 does not divide by the mesh's sequence=3"),
     (dict(impl="splash", attention_dropout=0.1), "model.attention_impl=splash has no attention dropout"),
     (dict(impl="cudnn"), "model.attention_impl=cudnn: cuDNN attention computes in bfloat16 or float16 only, not float32"),

@@ -59,7 +59,7 @@ def test_config_and_path_mistakes_before_any_device_work(tmp_path, capsys, monke
          ["keep_best_metric", "eval_every"]),
         (("--config=configs/nope.py", f"--workdir={w}"), ["configs/nope.py", "not found"]),
         ((tiny,), ["--workdir is required"]),
-        ((tiny, "--workdir=gs://bucket/run"), ["gs://bucket/run", "mount"]),
+        ((tiny, "--workdir=s3://bucket/run"), ["s3://bucket/run", "accepted URLs start with gs://"]),
     ]
     for args, words in cases:
         _one_line(*_cli(capsys, monkeypatch, *args), *words)
@@ -98,7 +98,7 @@ def test_mistakes_against_a_trained_workdir(trained, tmp_path, capsys, monkeypat
     _one_line(*_cli(capsys, monkeypatch, *run, "--config.mesh.shape=4,4,4"),
               "mesh.shape=(4, 4, 4) needs 64 devices but this job has 8")
     _one_line(*_cli(capsys, monkeypatch, *run, "--config.train.batch_size=6", "--config.mesh.shape=4,1,1"),
-              "train.batch_size=6", "data*fsdp=4")
+              "train.batch_size=6", "dcn*data*fsdp=4")
     assert _snapshot(workdir) == before, "nothing may be written over"
 
     tokenizer = workdir / "tokenizer.model"

@@ -122,7 +122,7 @@ def test_loglikelihood_is_the_log_softmax_sum_of_a_plain_forward_pass_with_one_c
 
 def test_eight_devices_equal_one_device(decoder, tmp_path_factory):
     sharded = MeshLM(workdir=str(decoder_workdir(tmp_path_factory)), batch_size=4, mesh="2x2x2")
-    assert sharded.batch_size == 4 and dict(sharded.trained.mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2, "sequence": 1}
+    assert sharded.batch_size == 4 and dict(sharded.trained.mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2, "sequence": 1, "dcn": 1}
     requests = _requests("loglikelihood", PAIRS)
     one, eight = (lm.loglikelihood(requests, disable_tqdm=True) for lm in (decoder, sharded))
     np.testing.assert_allclose([lp for lp, _ in eight], [lp for lp, _ in one], atol=1e-4)

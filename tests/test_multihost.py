@@ -37,17 +37,19 @@ def test_plan_from_flags_env_slurm_and_tpu():
 
 
 def test_tpu_dry_run_copies_sets_up_and_runs_on_all_workers():
-    lines = _launch("tpu", "--name=pod", "--zone=us-central2-b", "--project=proj", "--dry-run", "--", *JOB)
-    tar, scp, ssh = (shlex.split(line) for line in lines)
+    lines = _launch("tpu", "--name=pod", "--zone=us-central2-b", "--project=proj", "--logs=/tmp/pod-logs",
+                    "--dry-run", "--", *JOB)
+    tar, scp, ssh = (shlex.split(line) for line in lines[:3])
     assert tar[:2] == ["tar", "-czf"] and tar[2] == "/tmp/meshlm-pod.tar.gz" and "--exclude=./.venv" in tar
     where = ["--zone=us-central2-b", "--worker=all", "--project=proj"]
     assert scp == ["gcloud", "compute", "tpus", "tpu-vm", "scp", "/tmp/meshlm-pod.tar.gz", "pod:meshlm.tar.gz", *where]
     assert ssh[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "pod"] and ssh[6:9] == where
     remote = ssh[9].removeprefix("--command=")
     assert "tar -xzf ~/meshlm.tar.gz -C ~/meshlm" in remote and "MESHLM_EXTRAS=tpu MESHLM_DISTRIBUTED=auto" in remote
-    job = ("scripts/supervise.sh --grace=30 -- ./launch.sh run train.main --config=configs/bert_tiny.py "
+    job = ("bash scripts/tpu_worker.sh --grace=30 -- ./launch.sh run train.main --config=configs/bert_tiny.py "
            "'--workdir=/shared/run 1'")
-    assert f'if [ "$w" = 0 ]; then {job}; else {job} > worker.log 2>&1; fi' in remote
+    assert remote.endswith(f"; {job}")
+    assert lines[3] == "# every worker's lines also go to /tmp/pod-logs/<worker>.log"
 
 
 def test_slurm_dry_run_writes_an_sbatch_script_with_srun():
@@ -113,3 +115,78 @@ def test_two_processes_train_like_one(tmp_path):
     losses_one, losses_two = _train_losses(tmp_path / "one"), _train_losses(tmp_path / "two")
     assert len(losses_two) == 4
     assert losses_two == pytest.approx(losses_one, rel=1e-5)
+
+
+FAKE_GCLOUD = r"""#!/usr/bin/env bash
+# gcloud compute tpus tpu-vm {scp,ssh} for a fake 2-worker TPU VM: each worker is a folder under
+# $FAKE_TPU/NODE/W used as HOME; ssh --worker=all runs the command in each, concurrently.
+echo "$*" >>"$FAKE_TPU/calls.log"
+verb="$4"
+case "$verb" in
+  scp) node="${6%%:*}"; for w in 0 1; do mkdir -p "$FAKE_TPU/$node/$w"; cp "$5" "$FAKE_TPU/$node/$w/${6#*:}"; done ;;
+  ssh) node="$5"; command=""
+       for arg in "$@"; do [[ "$arg" == --command=* ]] && command="${arg#--command=}"; done
+       for w in 0 1; do (cd "$FAKE_TPU/$node/$w" && HOME="$PWD" MESHLM_WORKER_ID=$w bash -c "$command") & done
+       wait ;;
+  *) echo "fake gcloud: $*" >&2; exit 1 ;;
+esac
+"""
+
+FAKE_JOB = """import os, sys, time
+print("step 1 on worker", os.environ["MESHLM_WORKER_ID"], flush=True)
+if os.environ["MESHLM_WORKER_ID"] == "1":
+    print("RESOURCE_EXHAUSTED: out of memory on the TPU", flush=True)
+    sys.exit(3)
+time.sleep(120)  # worker 0 would run on: the launcher must stop it
+"""
+
+
+def test_tpu_job_streams_every_worker_and_a_dead_worker_stops_the_others(tmp_path):
+    """launch.sh tpu end to end on a fake 2-worker pod (a fake gcloud runs each worker locally)."""
+    fake = tmp_path / "tpu"
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "gcloud").write_text(FAKE_GCLOUD)
+    (tmp_path / "bin" / "gcloud").chmod(0o755)
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "fakejob.py").write_text(FAKE_JOB)
+    venv = tmp_path / "venv"  # a venv launch.sh finds set up (its stamp), so it installs nothing
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    digest = __import__("hashlib").sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    (venv / ".meshlm-stamp").write_text(f"{digest} extras=[tpu]\n")
+    fake.mkdir()
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "FAKE_TPU": str(fake),
+           "TMPDIR": str(tmp_path), "MESHLM_VENV": str(venv), "PYTHONPATH": str(tmp_path / "job")}
+    logs = tmp_path / "logs"
+    done = subprocess.run([str(ROOT / "launch.sh"), "tpu", "--name=pod", "--zone=z", f"--logs={logs}",
+                           "--grace=5", "--module=fakejob", "--"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=100)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "[w0] step 1 on worker 0" in done.stdout and "[w1] step 1 on worker 1" in done.stdout
+    assert ("launch.sh: worker w1 exited with status 3; its last lines:\n"
+            "  [w1] step 1 on worker 1\n  [w1] RESOURCE_EXHAUSTED: out of memory on the TPU\n") in done.stderr
+    assert "tpu_worker.sh: stopped the job" in done.stderr  # worker 0's, by the launcher's --stop
+    assert (logs / "w0.log").read_text() == "step 1 on worker 0\n"
+    assert (logs / "w1.log").read_text().splitlines()[-1] == "RESOURCE_EXHAUSTED: out of memory on the TPU"
+    assert (fake / "pod" / "1" / "meshlm" / "logs" / "w1.log").is_file()  # each worker keeps its own
+    calls = (fake / "calls.log").read_text().splitlines()
+    assert calls[-1].endswith("--command=cd ~/meshlm && bash scripts/tpu_worker.sh --stop --grace=5")
+
+
+def test_tpu_stop_and_multi_slice_dry_runs():
+    stop = [shlex.split(line) for line in _launch("tpu", "--name=pod", "--zone=z", "--project=p", "--stop",
+                                                 "--dry-run")]
+    assert stop == [["gcloud", "compute", "tpus", "tpu-vm", "ssh", "pod", "--zone=z", "--worker=all", "--project=p",
+                     "--command=cd ~/meshlm && bash scripts/tpu_worker.sh --stop --grace=30"]]
+    stop = [shlex.split(line)[5] for line in _launch("tpu", "--name=pod", "--zone=z", "--num_slices=2", "--stop",
+                                                     "--dry-run")]
+    assert stop == ["pod-0", "pod-1"]
+    lines = [shlex.split(line) for line in _launch("tpu", "--name=pod", "--zone=z", "--num_slices=2", "--dry-run",
+                                                   "--", *JOB)]
+    assert [cmd[4:6] for cmd in lines[1:3]] == [["scp", "/tmp/meshlm-pod.tar.gz"]] * 2
+    assert lines[3][:6] == ["gcloud", "compute", "tpus", "tpu-vm", "describe", "pod-0"]
+    for slice_id, ssh in enumerate(lines[4:]):
+        assert ssh[5] == f"pod-{slice_id}"
+        remote = ssh[-1].removeprefix("--command=")
+        assert (f"MEGASCALE_COORDINATOR_ADDRESS=$COORDINATOR_IP:8080 MEGASCALE_NUM_SLICES=2 "
+                f"MEGASCALE_SLICE_ID={slice_id} MEGASCALE_PORT=8080") in remote

@@ -11,10 +11,10 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
-import pathlib
 import typing
 from typing import Any
 
+from data import remote
 from data.documents import DataError
 from data.sources import parse_source
 from model.config import ATTENTION_IMPLS, LORA_TARGETS, LoraConfig, ModelConfig, cudnn_misfit
@@ -112,15 +112,19 @@ class TaskConfig:
 
 
 # The mesh axes, in the order `mesh.shape` lists their sizes (train/mesh.py says what each
-# splits). A new axis goes at the end: shapes written before it existed list fewer sizes,
-# and the axes they leave out have size 1 (a 3-entry shape is (data, fsdp, tensor)).
-MESH_AXES = ("data", "fsdp", "tensor", "sequence")
+# splits, and lays them over the devices in its own order). A new axis goes at the end:
+# shapes written before it existed list fewer sizes, and the axes they leave out have size 1
+# (a 3-entry shape is (data, fsdp, tensor)).
+MESH_AXES = ("data", "fsdp", "tensor", "sequence", "dcn")
 MIN_MESH_AXES = 3  # the axes every shape lists
 
 
 @dataclasses.dataclass
 class MeshConfig:
-    """The device mesh: sizes of (data, fsdp, tensor[, sequence]); one entry may be -1 to take the rest."""
+    """The device mesh: sizes of (data, fsdp, tensor[, sequence[, dcn]]); one entry may be -1 to take the rest.
+
+    dcn is the number of TPU slices a multi-slice job spans (data parallel over them).
+    """
 
     shape: tuple[int, ...] = (1, 1, 1)
 
@@ -147,7 +151,7 @@ class Config:
 
 def load_config(path: str, overrides: typing.Sequence[str] = ()) -> Config:
     """Loads `get_config()` from a config file (or a workdir's config.json), applies `a.b=value` overrides, validates."""
-    file = pathlib.Path(path)
+    file = remote.as_path(path)  # a workdir's config.json may be in a bucket
     if not file.is_file():
         raise ConfigError(f"config file '{path}' not found; pass e.g. --config=configs/bert_tiny.py")
     if file.suffix == ".json":

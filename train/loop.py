@@ -178,6 +178,7 @@ def _train(config: Config, workdir: pathlib.Path, cleanup: contextlib.ExitStack,
             window.started += time.perf_counter() - eval_started  # not training throughput
         if save:
             guard.check_params(done, params_finite(state["params"]))
+            writer.flush()  # in a bucket, the lines up to this step are uploaded now
             checkpoints.save(done, state, {**meta, "nonfinite_skips": guard.skipped,
                                            "metrics": final if evaluate_now else {}}, log=log)
         if preempted:

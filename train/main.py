@@ -6,10 +6,10 @@ trains on with it: `python -m train.main --workdir=DIR --config.train.steps=N`.
 
 from __future__ import annotations
 
-import pathlib
 
 from absl import flags
 
+from data import remote
 from train import program
 
 _CONFIG = program.CONFIG
@@ -40,7 +40,7 @@ def main(argv: list[str]) -> None:
 
 def _workdir_config(workdir: str | None) -> str | None:
     """workdir/config.json when there is one."""
-    path = pathlib.Path(workdir) / "config.json" if workdir else None
+    path = remote.as_path(workdir) / "config.json" if workdir else None
     return str(path) if path is not None and path.is_file() else None
 
 

@@ -80,7 +80,8 @@ def budget_for_mesh(budget: int | None, mesh_shape: dict[str, int]) -> int | Non
     a sort, a take or a one-hot matmul; every other mesh shape checked is exact.
     tests/test_train_step.py compares each mesh with one device.
     """
-    return None if all(mesh_shape.get(axis, 1) > 1 for axis in ("data", "fsdp", "tensor")) else budget
+    data = mesh_shape.get("data", 1) * mesh_shape.get("dcn", 1)  # dcn splits rows as data does
+    return None if data > 1 and all(mesh_shape.get(axis, 1) > 1 for axis in ("fsdp", "tensor")) else budget
 
 
 def gather_predictions(weights_BL: jax.Array, budget: int, hidden_BLD: jax.Array,

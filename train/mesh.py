@@ -8,9 +8,16 @@ The axes (`MESH_AXES`, in train/config.py: the order `mesh.shape` lists them):
     tensor    attention heads, MLP units and the vocabulary (Megatron-style)
     sequence  the length of every activation (context parallelism): attention gathers
               keys and values whole over it, queries stay split (model/attention.py)
+    dcn       rows of the batch across TPU slices (a multi-slice job): parameters are
+              replicated over it, so only the gradients' all-reduce crosses the slower
+              data-center network between slices
 
-To add an axis: append it to MESH_AXES (older shapes then give it size 1), name what it
-splits in LOGICAL_RULES, and say here what it is for.
+The config lists sizes in MESH_AXES order; the devices are laid out in DEVICE_ORDER, dcn
+outermost: `mesh_utils.create_hybrid_device_mesh` groups the devices by their
+`slice_index` (one slice per dcn index) and lays each slice's devices out for its ICI.
+
+To add an axis: append it to MESH_AXES (older shapes then give it size 1), place it in
+DEVICE_ORDER, name what it splits in LOGICAL_RULES, and say here what it is for.
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ from model.config import ModelConfig, cudnn_misfit
 from model.splash import LANES as SPLASH_BLOCK
 from train.config import MESH_AXES, ConfigError
 
-BATCH_AXES = ("data", "fsdp")
+DEVICE_ORDER = ("dcn",) + tuple(axis for axis in MESH_AXES if axis != "dcn")
+BATCH_AXES = ("dcn", "data", "fsdp")
 
 # Parameters shard their `embed` dimension over fsdp and their wide dimensions over
 # tensor; activations shard the batch over data and fsdp and the length over sequence
@@ -77,8 +85,44 @@ def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None)
         raise ConfigError(
             f"mesh.shape={tuple(shape[:given])} needs {math.prod(shape)} devices but this job has {len(devices)}; "
             "accepted: sizes whose product is the device count (one may be -1)")
-    device_grid = np.asarray(devices).reshape(shape)
-    return Mesh(device_grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+    sizes = dict(zip(MESH_AXES, shape))
+    if sizes["dcn"] > 1:
+        device_grid = _slices_grid(sizes, devices)
+    else:
+        device_grid = np.asarray(devices).reshape([sizes[axis] for axis in DEVICE_ORDER])
+    return Mesh(device_grid, DEVICE_ORDER, axis_types=(AxisType.Auto,) * len(DEVICE_ORDER))
+
+
+def one_slice(shape: Sequence[int]) -> tuple[int, ...]:
+    """The same mesh with dcn folded into data: equal per-device shapes, no slices needed (simulations)."""
+    sizes = list(shape) + [1] * (len(MESH_AXES) - len(shape))
+    dcn = sizes[MESH_AXES.index("dcn")]
+    if dcn > 1 and sizes[0] != -1:
+        sizes[0] *= dcn
+        sizes[MESH_AXES.index("dcn")] = 1
+    return tuple(sizes)
+
+
+def _slices_grid(sizes: dict[str, int], devices: list[jax.Device]) -> np.ndarray:
+    """The devices of a multi-slice job in DEVICE_ORDER: one slice per dcn index, each laid out for its ICI."""
+    slices = {getattr(device, "slice_index", None) for device in devices}
+    dcn = sizes["dcn"]
+    if None in slices:
+        raise ConfigError(
+            f"mesh dcn={dcn} spreads the batch over {dcn} TPU slices, but this job's devices carry no slice index "
+            f"(not a multi-slice TPU job); accepted here: dcn=1, or start the job on {dcn} slices "
+            f"(./launch.sh tpu --num_slices={dcn})")
+    if len(slices) != dcn:
+        raise ConfigError(f"mesh dcn={dcn} but this job runs on {len(slices)} TPU slices; accepted: "
+                          f"dcn={len(slices)}, with the other sizes those of one slice")
+    from jax.experimental import mesh_utils
+
+    inner = [1] + [sizes[axis] for axis in DEVICE_ORDER[1:]]
+    outer = [dcn] + [1] * (len(DEVICE_ORDER) - 1)
+    try:
+        return mesh_utils.create_hybrid_device_mesh(inner, outer, devices)
+    except ValueError as e:
+        raise ConfigError(f"mesh {sizes} does not fit the slices' devices: {e}") from None
 
 
 @contextlib.contextmanager
@@ -94,7 +138,7 @@ def batch_shardings(mesh: Mesh, keys: Sequence[str]) -> dict[str, NamedSharding]
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Rows of a batch split over data and fsdp; the length axis whole."""
+    """Rows of a batch split over dcn, data and fsdp; the length axis whole."""
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
 
@@ -108,10 +152,10 @@ def check_divisibility(mesh: Mesh, *, batch_size: int, num_heads: int, num_kv_he
     `num_kv_heads` 0 means as many as `num_heads`; grouped-query key/value heads have their
     own `kv_heads` axis over tensor, so they must divide by it too.
     """
-    batch_ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    batch_ways = math.prod(mesh.shape[axis] for axis in BATCH_AXES)
     if batch_size % batch_ways:
         raise ConfigError(
-            f"train.batch_size={batch_size} does not divide by data*fsdp={batch_ways} of mesh {dict(mesh.shape)}")
+            f"train.batch_size={batch_size} does not divide by dcn*data*fsdp={batch_ways} of mesh {dict(mesh.shape)}")
     if num_heads % mesh.shape["tensor"]:
         raise ConfigError(
             f"model.num_heads={num_heads} does not divide by tensor={mesh.shape['tensor']} of mesh {dict(mesh.shape)}")
@@ -151,6 +195,6 @@ def process_rows(global_batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def to_global(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Assembles each process's rows into one global array, rows split over data and fsdp."""
+    """Assembles each process's rows into one global array, rows split over dcn, data and fsdp."""
     sharding = batch_sharding(mesh)
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}

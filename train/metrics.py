@@ -10,10 +10,22 @@ import time
 from typing import Callable, Mapping
 
 import tensorboardX
+from tensorboardX import record_writer
+
+from data import remote
 
 
 class MetricWriter:
-    """Writes scalars by step to stdout, JSONL and TensorBoard; silent on other processes."""
+    """Writes scalars by step to stdout, JSONL and TensorBoard; silent on other processes.
+
+    In a bucket (a gs:// workdir) an object cannot be appended to: metrics.jsonl is kept
+    in memory and the whole object rewritten at most every UPLOAD_SECONDS, after an eval,
+    at each `flush` (the loops call it when they save a checkpoint, so the lines up to a
+    committed step survive a kill, as on disk) and at close. TensorBoard's writer uploads its
+    events file the same way (tensorboardX, every 120 s and at close).
+    """
+
+    UPLOAD_SECONDS = 30.0
 
     def __init__(self, workdir: str | pathlib.Path, *, enabled: bool = True,
                  echo: Callable[[str], None] = print, resume_step: int = 0):
@@ -22,13 +34,20 @@ class MetricWriter:
         self._echo = echo
         if not enabled:
             return
-        workdir = pathlib.Path(workdir)
+        workdir = remote.as_path(workdir)
         path = workdir / "metrics.jsonl"
-        if resume_step and path.exists():
+        self._bucket = remote.is_url(workdir)
+        kept = []
+        if (resume_step or self._bucket) and path.exists():
             kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resume_step]
-            path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        self._jsonl = open(path, "a", encoding="utf-8")
+                    if line.strip() and (not resume_step or json.loads(line)["step"] <= resume_step)]
+        if self._bucket:
+            self._path, self._lines, self._uploaded = path, [line + "\n" for line in kept], time.monotonic()
+            self._jsonl = None
+        else:
+            if resume_step and path.exists():
+                path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            self._jsonl = open(path, "a", encoding="utf-8")
         self._tb = tensorboardX.SummaryWriter(
             str(workdir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
 
@@ -36,18 +55,64 @@ class MetricWriter:
         if not self.enabled:
             return
         values = {k: float(v) for k, v in scalars.items()}
-        self._jsonl.write(json.dumps({"step": step, "split": split, "time": time.time(), **values}) + "\n")
-        self._jsonl.flush()
+        line = json.dumps({"step": step, "split": split, "time": time.time(), **values}) + "\n"
+        if self._jsonl is not None:
+            self._jsonl.write(line)
+            self._jsonl.flush()
+        else:
+            self._lines.append(line)
+            if split != "train" or time.monotonic() - self._uploaded >= self.UPLOAD_SECONDS:
+                self._upload()
         for name, value in values.items():
             if math.isfinite(value):
                 self._tb.add_scalar(f"{split}/{name}", value, step)
         if echo:
             self._echo(f"[{split}] step {step}: " + "  ".join(f"{k} {_fmt(v)}" for k, v in values.items()))
 
+    def flush(self) -> None:
+        """Makes every line written so far durable (uploads metrics.jsonl in a bucket)."""
+        if self.enabled and self._jsonl is None:
+            self._upload()
+
     def close(self) -> None:
         if self.enabled:
-            self._jsonl.close()
+            if self._jsonl is not None:
+                self._jsonl.close()
+            else:
+                self._upload()
             self._tb.close()
+
+    def _upload(self) -> None:
+        self._path.write_text("".join(self._lines), encoding="utf-8")
+        self._uploaded = time.monotonic()
+
+
+class _GCSEventsOnce(record_writer.GCSRecordWriter):
+    """tensorboardX's bucket events writer, uploading at close only once.
+
+    Its own close has no closed state and its __del__ closes again: every writer left for
+    the garbage collector uploads its whole events file once more, retrying for two minutes
+    when the bucket cannot be reached (a process exiting after its storage went away).
+    """
+
+    _closed = False
+
+    def flush(self) -> None:
+        if not self._closed:
+            super().flush()
+
+    def close(self) -> None:
+        if not self._closed:
+            super().close()
+            self._closed = True
+
+
+class _GCSEventsFactory(record_writer.GCSRecordWriterFactory):
+    def open(self, path):
+        return _GCSEventsOnce(path)
+
+
+record_writer.register_writer_factory("gs", _GCSEventsFactory())
 
 
 def _fmt(value: float) -> str:
@@ -91,7 +156,7 @@ METRICS_FILE, EVENTS_DIR = "metrics.jsonl", "tensorboard"
 
 def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
     """The records of workdir/metrics.jsonl, in order (a line cut short by a kill is skipped)."""
-    path = pathlib.Path(workdir) / METRICS_FILE
+    path = remote.as_path(workdir) / METRICS_FILE  # a gs:// workdir's too
     if not path.is_file():
         raise FileNotFoundError(f"no {METRICS_FILE} in {workdir}: it is written by training on process 0")
     records = []

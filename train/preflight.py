@@ -50,12 +50,12 @@ def memory_report(config: Config, saved: bool = True) -> dict[str, Any]:
 
     from train.masking import MaskingSpec, budget_for_mesh, prediction_budget
     from train.activations import saved_activations
-    from train.mesh import attention_kernel, batch_sharding, check_divisibility, make_mesh, sharding_context
+    from train.mesh import attention_kernel, batch_sharding, check_divisibility, make_mesh, one_slice, sharding_context
     from train.optimizer import make_optimizer
     from train.state import state_layout
     from train.steps import BATCH_KEYS, batch_loss, compile_train_step
 
-    mesh = make_mesh(config.mesh.shape)
+    mesh = make_mesh(one_slice(config.mesh.shape))
     check_divisibility(mesh, batch_size=config.train.batch_size, num_heads=config.model.num_heads,
                        num_kv_heads=config.model.resolved_kv_heads)
     kernel = attention_kernel(config.model, mesh, config.data.seq_len)
@@ -106,7 +106,7 @@ def memory_report(config: Config, saved: bool = True) -> dict[str, Any]:
 def _layer_scores_bytes(config: Config, mesh: dict[str, int]) -> int:
     """One layer's float32 attention scores and probabilities [B, H, L, L] on one device (XLA path)."""
     m, seq_len = config.model, config.data.seq_len
-    rows = config.train.batch_size // (mesh["data"] * mesh["fsdp"])
+    rows = config.train.batch_size // (mesh["data"] * mesh["fsdp"] * mesh.get("dcn", 1))
     return 2 * 4 * rows * (m.num_heads // mesh["tensor"]) * (seq_len // mesh["sequence"]) * seq_len
 
 

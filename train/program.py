@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 
 from absl import app, flags, logging
 
+from data import remote
 from train import distributed, peers
 from train.config import Config, ConfigError, load_config
 
@@ -59,13 +60,16 @@ def config_from_flags(config_path: str) -> Config:
     return load_config(config_path, _overrides)
 
 
-def writable_workdir(path: str) -> pathlib.Path:
-    """Creates the workdir if needed and proves it is writable, before any device work."""
+def writable_workdir(path: str) -> remote.AnyPath:
+    """Creates the workdir if needed and proves it is writable, before any device work.
+
+    A bucket URL (`gs://bucket/run`) is a workdir too: an epath.Path (data/remote.py),
+    proven writable by writing and deleting a probe object.
+    """
     if not path:
         raise ConfigError("--workdir is required: a directory for checkpoints, metrics and the tokenizer")
-    if "://" in path:
-        raise ConfigError(f"--workdir={path}: URLs are not supported; mount the bucket (e.g. gcsfuse at "
-                          "/gcs/BUCKET on every host) and pass the mounted path")
+    if remote.is_url(path):
+        return _writable_bucket_folder(path)
     workdir = pathlib.Path(path)
     try:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -74,6 +78,31 @@ def writable_workdir(path: str) -> pathlib.Path:
     except OSError as e:
         raise ConfigError(f"--workdir={path} is not a writable directory ({e.strerror or e})") from None
     return workdir
+
+
+def _writable_bucket_folder(path: str) -> remote.AnyPath:
+    if not path.startswith(_URL_SCHEMES):
+        raise ConfigError(f"--workdir={path}: accepted URLs start with {' or '.join(_URL_SCHEMES)} "
+                          "(or give a local directory)")
+    workdir = remote.as_path(path.rstrip("/"))
+    probe = workdir / f".write-check-{os.getpid()}"
+    try:  # no mkdir: folders are implicit in a bucket, and gcsfs would create a missing bucket
+        probe.write_text("meshlm")
+        probe.unlink()
+    except FileNotFoundError:  # gcsfs's answer to a write into a bucket that does not exist
+        bucket = path.split("://", 1)[1].split("/", 1)[0]
+        raise ConfigError(f"--workdir={path}: bucket {bucket} not found (or not visible to this host's "
+                          f"credentials); create it (gcloud storage buckets create gs://{bucket}) or check "
+                          "the name") from None
+    except Exception as e:  # gcsfs and google-auth raise many kinds: all mean "cannot write here"
+        raise ConfigError(f"--workdir={path} is not writable ({type(e).__name__}: "
+                          f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else 'no detail'}); check "
+                          "the bucket name and this host's credentials (gcloud auth application-default "
+                          "login, or the TPU VM's service account)") from None
+    return workdir
+
+
+_URL_SCHEMES = ("gs://",)  # what Orbax/TensorStore write directly; others could follow
 
 
 def run(main: Callable[[list[str]], None]) -> None:

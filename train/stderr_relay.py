@@ -65,8 +65,10 @@ def tell_workdir(workdir: pathlib.Path) -> None:
 
 def resume_hint(workdir: pathlib.Path | None) -> str:
     """'rerun ... from checkpoint step N in DIR': the newest step folder with a commit marker."""
+    from data import remote  # here: the relay process itself starts without it
+
     steps = []
-    directory = pathlib.Path(workdir) / "checkpoints" if workdir else None
+    directory = remote.as_path(workdir) / "checkpoints" if workdir else None
     if directory is not None and directory.is_dir():
         steps = [int(p.name) for p in directory.iterdir()
                  if p.name.isdigit() and (p / "_CHECKPOINT_METADATA").is_file()]

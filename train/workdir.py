@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from jax.sharding import Mesh
 
+from data import remote
 from data.pipeline import PreparedData
 from data.tokenizer import AnyTokenizer
 from train.checkpoints.params import checked_tokenizer, read_checkpoint, restore_params
@@ -46,7 +47,7 @@ def open_workdir(path: str | pathlib.Path, step: int | None = None, mesh_shape: 
 
     `check(config)` may refuse the model (ConfigError) before any weight is read.
     """
-    workdir = pathlib.Path(path)
+    workdir = remote.as_path(path)
     mesh = make_mesh(mesh_shape)
 
     def restore(step: int, meta: dict) -> tuple[dict, Config, StateLayout, Any]:

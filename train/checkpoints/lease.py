@@ -21,7 +21,10 @@ At start-up, process 0 takes the lease if it is free; a previous holder is gone 
 A live holder is another job writing the same workdir: the run stops with one line. Once the
 lease is ours, no other writer exists, so every partial save in checkpoints/ is stale and
 is removed. Plain files, atomic renames and mtimes only: no flock, so it works the same on
-NFS, gcsfuse and, later, object stores.
+NFS, gcsfuse and object stores. In a bucket (a gs:// workdir) an object upload is the atomic
+write, a renewal rewrites the lease (an object's time is its last write), the probe's time
+is the bucket's clock, and a partial save is a step folder without orbax's
+`commit_success.txt` (orbax writes steps in place there).
 """
 
 from __future__ import annotations
@@ -29,16 +32,17 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import shutil
 import socket
 import threading
 import time
 from typing import Callable
 
+from data import remote
 from train.config import ConfigError
 
 LEASE_FILE = "writer.lease"
 TMP_MARKER = ".orbax-checkpoint-tmp"
+GCS_COMMIT_FILE = "commit_success.txt"  # in a bucket, orbax writes a step in place and this file last
 RENEW_SECONDS = 10.0
 STALE_SECONDS = 60.0
 PEER_STOP_SECONDS = 20.0
@@ -47,12 +51,13 @@ PEER_STOP_SECONDS = 20.0
 class Lease:
     """The writer lease of one workdir, held by process 0 of a training job."""
 
-    def __init__(self, workdir: pathlib.Path, processes: int = 1):
-        self.path = pathlib.Path(workdir) / LEASE_FILE
+    def __init__(self, workdir: remote.AnyPath, processes: int = 1):
+        self.path = remote.as_path(workdir) / LEASE_FILE
         self._processes = processes
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
         self._token: str | None = None
+        self._record = b""
 
     def acquire(self, log: Callable[[str], None]) -> None:
         """Takes the lease, waiting out a holder whose fate cannot be known yet; ConfigError if it lives."""
@@ -114,20 +119,22 @@ class Lease:
         record = {"token": self._token, "host": socket.gethostname(), "boot_id": _boot_id(), "pid": os.getpid(),
                   "process_start": _process_start(os.getpid()), "processes": self._processes,
                   "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}
-        staging = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        staging.write_text(json.dumps(record), encoding="utf-8")
-        os.replace(staging, self.path)
+        self._record = json.dumps(record).encode()
+        remote.write_atomic(self.path, self._record)
 
     def _renew(self) -> None:
         """Touches the lease every RENEW_SECONDS: an mtime update needs no free space."""
         while not self._stop.wait(RENEW_SECONDS):
             try:
-                os.utime(self.path)
-            except OSError:
+                if remote.is_url(self.path):
+                    remote.write_atomic(self.path, self._record)
+                else:
+                    os.utime(self.path)
+            except Exception:  # OSError on disk; gcsfs and google-auth raise others
                 pass  # a missed renewal only makes a waiting job wait; the next one may succeed
 
 
-def remove_partial_saves(directory: pathlib.Path, only_step: int | None = None) -> list[str]:
+def remove_partial_saves(directory: remote.AnyPath, only_step: int | None = None) -> list[str]:
     """Removes the `*.orbax-checkpoint-tmp*` folders under directory (of one step, if given).
 
     Call it only with the lease held (every partial save is then dead), or for the step
@@ -136,16 +143,23 @@ def remove_partial_saves(directory: pathlib.Path, only_step: int | None = None) 
     removed = []
     if directory.is_dir():
         for path in sorted(directory.iterdir()):
-            if TMP_MARKER in path.name and (only_step is None or path.name.split(".")[0] == str(only_step)):
-                shutil.rmtree(path, ignore_errors=True)
+            if is_partial_save(path) and (only_step is None or path.name.split(".")[0] == str(only_step)):
+                remote.remove_tree(path)
                 removed.append(path.name)
     return removed
 
 
-def _read(path: pathlib.Path) -> dict | None:
+def is_partial_save(path: remote.AnyPath) -> bool:
+    """A save that never committed: a tmp folder on disk; a step folder without its commit file in a bucket."""
+    if remote.is_url(path):
+        return path.name.isdigit() and not (path / GCS_COMMIT_FILE).exists()
+    return TMP_MARKER in path.name
+
+
+def _read(path: remote.AnyPath) -> dict | None:
     """The lease's JSON plus its mtime, or None when there is none (or it is unreadable junk)."""
     try:
-        mtime = path.stat().st_mtime
+        mtime = remote.mtime(path)
         record = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
@@ -158,13 +172,13 @@ def _who(holder: dict) -> str:
     return f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}"
 
 
-def _now_on(directory: pathlib.Path) -> float:
+def _now_on(directory: remote.AnyPath) -> float:
     """The filesystem's idea of now: the mtime of a probe file written there (else this host's clock)."""
     probe = directory / f".lease-probe-{os.getpid()}"
     try:
-        probe.touch()
-        return probe.stat().st_mtime
-    except OSError:
+        remote.write_atomic(probe, b"")
+        return remote.mtime(probe)
+    except Exception:  # OSError on disk; gcsfs and google-auth raise others
         return time.time()
     finally:
         probe.unlink(missing_ok=True)

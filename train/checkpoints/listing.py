@@ -12,6 +12,8 @@ import datetime
 import json
 import pathlib
 
+from data import remote
+from train.checkpoints.lease import is_partial_save
 from train.checkpoints.manager import COMMIT_FILE, DAMAGED_DIR, commit_problem
 from train.config import ConfigError
 
@@ -31,7 +33,7 @@ class CheckpointInfo:
 
 def list_checkpoints(workdir: str | pathlib.Path) -> tuple[list[CheckpointInfo], list[str], list[str]]:
     """(committed steps in order, uncommitted folders, set-aside damaged folders) of a workdir."""
-    workdir = pathlib.Path(workdir)
+    workdir = remote.as_path(workdir)
     if not workdir.is_dir():
         raise ConfigError(f"--workdir={workdir} does not exist; pass the workdir of a training run")
     directory = workdir / "checkpoints"
@@ -40,7 +42,7 @@ def list_checkpoints(workdir: str | pathlib.Path) -> tuple[list[CheckpointInfo],
     logged = _logged_metrics(workdir / "metrics.jsonl")
     steps, partial = [], []
     for path in sorted(directory.iterdir(), key=lambda p: (len(p.name), p.name)):
-        if not path.name.isdigit():
+        if not path.name.isdigit() or is_partial_save(path):
             partial.append(path.name)
             continue
         step = int(path.name)
@@ -55,7 +57,7 @@ def list_checkpoints(workdir: str | pathlib.Path) -> tuple[list[CheckpointInfo],
 def format_listing(workdir: str | pathlib.Path) -> str:
     """The listing as text: one line per step, then the uncommitted and damaged folders."""
     steps, partial, damaged = list_checkpoints(workdir)
-    lines = [f"checkpoints in {pathlib.Path(workdir).absolute() / 'checkpoints'}"]
+    lines = [f"checkpoints in {remote.absolute(workdir) / 'checkpoints'}"]
     if not steps:
         lines.append("  (none committed yet)")
     else:
@@ -104,8 +106,8 @@ def _commit_time(step_dir: pathlib.Path) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(nanos / 1e9, tz=datetime.timezone.utc)
 
 
-def _size(path: pathlib.Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+def _size(path: remote.AnyPath) -> int:
+    return remote.tree_bytes(path)
 
 
 def _human(num_bytes: int) -> str:

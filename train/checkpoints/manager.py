@@ -1,7 +1,8 @@
 """Orbax checkpoints of the train state, restored into targets that carry the current shardings.
 
 Trust rules: a step is used only once orbax has committed it (renamed from its
-`*.orbax-checkpoint-tmp-*` folder and stamped `_CHECKPOINT_METADATA` with a commit time);
+`*.orbax-checkpoint-tmp-*` folder and stamped `_CHECKPOINT_METADATA` with a commit time; in a
+gs:// workdir, where orbax writes the step folder in place, once `commit_success.txt` is there);
 a damaged latest step is reported in one line, moved to `workdir/damaged_checkpoints/`
 and the previous one is used; old steps are deleted only after a newer step has committed.
 Readers (evaluate, export, decode, fill-mask) follow the same rule through `newest_sound`,
@@ -35,7 +36,8 @@ from typing import Any, Callable, Iterator, TypeVar
 import jax
 import orbax.checkpoint as ocp
 
-from train.checkpoints.lease import STALE_SECONDS, TMP_MARKER, Lease, remove_partial_saves
+from data import remote
+from train.checkpoints.lease import GCS_COMMIT_FILE, STALE_SECONDS, TMP_MARKER, Lease, remove_partial_saves
 from train.checkpoints.storage import free_bytes, megabytes, tree_bytes, write_failure
 from train.config import ConfigError
 from train.distributed import process_barrier
@@ -101,7 +103,7 @@ class Checkpoints:
                  best_metric: str = "", best_mode: str = "auto"):
         """`best_metric`: also keep the checkpoint with the best `meta["metrics"][best_metric]`."""
         _quiet_orbax_noise()
-        self.workdir = pathlib.Path(workdir).absolute()
+        self.workdir = remote.absolute(workdir)
         self.directory = self.workdir / "checkpoints"
         self._keep = keep
         self._best_metric = best_metric
@@ -333,8 +335,9 @@ class Checkpoints:
         """Moves a damaged step out of the manager's sight (never deletes it)."""
         target = self.workdir / DAMAGED_DIR / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
         if jax.process_index() == 0:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(self.directory / str(step), target)
+            if not remote.is_url(target):  # a bucket's folders need no making
+                target.parent.mkdir(parents=True, exist_ok=True)
+            remote.move_tree(self.directory / str(step), target)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
@@ -356,6 +359,8 @@ class Checkpoints:
 
 def commit_problem(step_dir: pathlib.Path) -> str | None:
     """Why a step folder is not a committed checkpoint, or None when its commit marker is sound."""
+    if remote.is_url(step_dir) and not (step_dir / GCS_COMMIT_FILE).exists():
+        return f"no commit marker {GCS_COMMIT_FILE}"  # orbax writes in place in a bucket: this file commits
     marker = step_dir / COMMIT_FILE
     try:
         committed = json.loads(marker.read_text()).get("commit_timestamp_nsecs")

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from data import remote
 from data.tokenizer import AnyTokenizer, open_tokenizer, tokenizer_file
 from train.checkpoints.manager import Checkpoints, reading
 from train.config import Config, ConfigError, config_from_json
@@ -30,7 +31,7 @@ def saved_steps(workdir: str | pathlib.Path) -> list[int]:
     """The committed steps of a workdir, with a one-line error when there are none."""
     if not workdir:
         raise ConfigError("--workdir is required: the workdir of a training run")
-    if not (pathlib.Path(workdir) / "checkpoints").is_dir():
+    if not (remote.as_path(workdir) / "checkpoints").is_dir():
         raise ConfigError(f"--workdir={workdir} has no checkpoints/; pass the workdir of a training run")
     checkpoints = Checkpoints(workdir, use_async=False)
     steps = sorted(checkpoints.all_steps())
@@ -96,7 +97,7 @@ class CheckpointParams:
     """
 
     def __init__(self, workdir: str | pathlib.Path, step: int | None = None):
-        self.workdir = pathlib.Path(workdir)
+        self.workdir = remote.as_path(workdir)
         logging.getLogger("absl").setLevel(logging.ERROR)  # orbax warns about a metadata file it never writes here
         self._checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
         (self.meta, self.specs), self.step = read_checkpoint(workdir, step, self._open)
@@ -104,7 +105,7 @@ class CheckpointParams:
 
     def _open(self, step: int, meta: dict) -> tuple[dict[str, Any], dict[str, ParamSpec]]:
         """The step's metadata and the shape and dtype of every parameter."""
-        self._state_dir = self.workdir.absolute() / "checkpoints" / str(step) / "state"
+        self._state_dir = remote.absolute(self.workdir) / "checkpoints" / str(step) / "state"
         with reading(self._state_dir.parent.parent, step, "state metadata"):
             tree = self._checkpointer.metadata(self._state_dir).item_metadata.tree["params"]
         specs = {_dotted(path): (tuple(leaf.shape), np.dtype(leaf.dtype))
@@ -144,7 +145,7 @@ def _dotted(path: tuple) -> str:
 def restore_params(workdir: str | pathlib.Path, step: int, abstract_params: Any) -> Any:
     """Only the params of a saved step (no optimizer state), placed with the target's shardings."""
     logging.getLogger("absl").setLevel(logging.ERROR)
-    directory = pathlib.Path(workdir).absolute() / "checkpoints"
+    directory = remote.absolute(workdir) / "checkpoints"
     item = {"params": abstract_params}
     restore_args = ocp.checkpoint_utils.construct_restore_args(item)
     checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())

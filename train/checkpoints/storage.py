@@ -3,39 +3,40 @@
 Orbax writes through TensorStore, whose errors are ValueErrors carrying the OS error code
 as text (`... No space left on device [os_error_code='28']`); Python writes raise
 OSError. Both become one short reason here, and a full disk is told apart from other
-failures because its remedy differs.
+failures because its remedy differs. A workdir in a bucket (gs://) has no free space to
+measure.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import pathlib
 import re
 import shutil
+
+from data import remote
 
 _SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _OS_CODE = re.compile(r"os_error_code='?(\d+)")
 
 
-def free_bytes(path: pathlib.Path) -> int | None:
-    """Bytes free to this user on the filesystem holding path, or None where that cannot be known."""
+def free_bytes(path: remote.AnyPath) -> int | None:
+    """Bytes free to this user on the filesystem holding path, or None where that cannot be known.
+
+    A bucket has no free space to speak of (its limits are quotas and billing): None, so no
+    save is warned about; a failed upload still ends the run in one line (write_failure).
+    """
+    if remote.is_url(path):
+        return None
     try:
         return shutil.disk_usage(path).free
     except (OSError, AttributeError, NotImplementedError):
         return None
 
 
-def tree_bytes(path: pathlib.Path) -> int:
+def tree_bytes(path: remote.AnyPath) -> int:
     """Bytes of the files under path (0 if it does not exist)."""
-    total = 0
-    for root, _, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(root, name)).st_size
-            except OSError:
-                pass  # removed while we walked
-    return total
+    return remote.tree_bytes(path)
 
 
 def write_failure(error: BaseException) -> tuple[str, bool]:

@@ -16,11 +16,11 @@ config's final step, or after --timeout seconds.
 
 from __future__ import annotations
 
-import pathlib
 import sys
 
 from absl import flags
 
+from data import remote
 from train import program
 from train.checkpoints.manager import DamagedCheckpoint
 from train.evaluate.evaluator import Evaluator, watch
@@ -49,7 +49,7 @@ def main(argv: list[str]) -> None:
 
     if sum([_STEP.value is not None, _ALL.value, _WATCH.value]) > 1:
         raise ConfigError("pass at most one of --step, --all and --watch")
-    workdir = pathlib.Path(_WORKDIR.value or "")
+    workdir = remote.as_path(_WORKDIR.value or "")
     try:
         mesh_shape = tuple(int(s) for s in _MESH.value)
     except ValueError:

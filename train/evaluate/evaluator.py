@@ -14,6 +14,7 @@ import pathlib
 import time
 from typing import Callable
 
+from data import remote
 from train.evaluate.task_scores import TaskOptions
 
 
@@ -61,7 +62,8 @@ class Evaluator:
             trained.data = self.data  # already prepared and checked above
             self.tasks = TaskScores(trained, tasks, batch_size=self.batch_size, workdir=str(workdir))
         self.out_dir = workdir / "eval" if split == "validation" else workdir / "eval" / split
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if not remote.is_url(self.out_dir):  # a bucket's folders need no making
+            self.out_dir.mkdir(parents=True, exist_ok=True)
         self.writer = MetricWriter(self.out_dir)
 
     @property

@@ -38,6 +38,7 @@ from train.config import ConfigError
 from train.evaluate.continuations import Continuer, Settings
 from train.evaluate.pseudo_likelihood import masked_rows, text_rows
 from train.evaluate.scoring import Row, Scorer, causal_row
+from train.mesh import BATCH_AXES
 from train.workdir import TrainedModel
 
 DEFAULT_BATCH_SIZE = 16
@@ -83,7 +84,7 @@ class MeshLM(TemplateLM):
         self.trained, self.workdir = trained, workdir
         cfg, tok = trained.config.model, trained.tokenizer
         self.tok, self.cfg, self.is_decoder = tok, cfg, cfg.arch == "llama"
-        ways = trained.mesh.shape["data"] * trained.mesh.shape["fsdp"]
+        ways = math.prod(trained.mesh.shape[axis] for axis in BATCH_AXES)
         wanted = DEFAULT_BATCH_SIZE if batch_size in (None, "") or str(batch_size).startswith("auto") \
             else _int("batch_size", batch_size)
         if wanted < 1:

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from data import remote
 from data.tokenizer import SPM_FILE, copy_tokenizer, open_tokenizer, tokenizer_file
 from train import peers
 from train.checkpoints.manager import Checkpoints
@@ -85,6 +86,7 @@ def finetune(config: Config, workdir: pathlib.Path, init_from: str | None) -> di
         if epoch_end or done % t.checkpoint_every == 0:
             window.add(writer, *pending, t.log_every, force=epoch_end)
             pending = None
+            writer.flush()  # in a bucket, the lines up to this step are uploaded now
             checkpoints.save(done, state, meta, log=log)
         if epoch_end:
             final = validate(state["params"], eval_step, task, t.batch_size, mesh)
@@ -121,7 +123,7 @@ class PretrainedEncoder:
     """The latest checkpoint of a pretraining workdir, checked against the fine-tuning config."""
 
     def __init__(self, path: str, config: Config):
-        self.workdir = pathlib.Path(path)
+        self.workdir = remote.as_path(path)
         if not (self.workdir / "checkpoints").is_dir():
             raise ConfigError(f"--init_from={path} has no checkpoints/; pass the workdir of a pretraining run")
         self.checkpoints = Checkpoints(self.workdir, use_async=False)

@@ -7,6 +7,7 @@ import pathlib
 
 import numpy as np
 
+from data import remote
 from data.tasks import Example, LabelMap, encode_examples
 from data.tokenizer import open_tokenizer, tokenizer_file
 from train.checkpoints.manager import Checkpoints
@@ -22,7 +23,7 @@ def predict(workdir: str | pathlib.Path, texts: list[str], text_pairs: list[str]
             step: int | None = None) -> tuple[list[str], np.ndarray]:
     """(label names, probabilities [N, num_labels]) of a fine-tuned checkpoint for the texts."""
     step = resolve_step(workdir, step)
-    workdir = pathlib.Path(workdir)
+    workdir = remote.as_path(workdir)
     checkpoints = Checkpoints(workdir, use_async=False)
     meta = checkpoints.restore_meta(step)
     if "labels" not in meta:

@@ -18,12 +18,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-import shutil
 from typing import Any, Callable
 
 import jax
 from jax.sharding import Mesh
 
+from data import remote
 from data.chat_template import TEMPLATE_FILE, load_template, workdir_template, write_template
 from data.tokenizer import copy_tokenizer, open_tokenizer, tokenizer_file
 from model.config import ModelConfig
@@ -43,7 +43,7 @@ class PretrainedDecoder:
     """The latest checkpoint of a decoder workdir: its model, tokenizer, chat template and weights."""
 
     def __init__(self, path: str):
-        self.workdir = pathlib.Path(path)
+        self.workdir = remote.as_path(path)  # a gs:// workdir too
         if not (self.workdir / "checkpoints").is_dir():
             raise ConfigError(f"--init_from={path} has no checkpoints/; pass a decoder's workdir (a pretraining "
                               "run, or ./launch.sh import_hf of a Transformers folder)")
@@ -123,7 +123,7 @@ def fine_tune(config: Config, workdir: pathlib.Path, init_from: str | None,
                               "made by ./launch.sh import_hf from a Transformers folder)")
         pretrained = PretrainedDecoder(init_from)
         base = pretrained.config.model
-        meta = {"init_from": str(pretrained.workdir.absolute()), "init_from_step": pretrained.step,
+        meta = {"init_from": str(remote.absolute(pretrained.workdir)), "init_from_step": pretrained.step,
                 "imported_from": pretrained.meta.get("imported_from")}  # the Transformers folder, if one
     else:
         base, meta = saved
@@ -132,7 +132,8 @@ def fine_tune(config: Config, workdir: pathlib.Path, init_from: str | None,
     if template is not None:  # kept in the workdir, so the saved config needs no file but the workdir's
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, chat_template=""))
     if jax.process_index() == 0:
-        workdir.mkdir(parents=True, exist_ok=True)
+        if not remote.is_url(workdir):  # a bucket's folders need no making
+            workdir.mkdir(parents=True, exist_ok=True)
         if pretrained is not None:
             _adopt(pretrained, workdir, keep_template=template is None)
         if template is not None:
@@ -181,4 +182,4 @@ def _adopt(pretrained: PretrainedDecoder, workdir: pathlib.Path, keep_template: 
     copy_tokenizer(open_tokenizer(pretrained.tokenizer), workdir)
     template = pretrained.workdir / TEMPLATE_FILE
     if keep_template and template.is_file() and not (workdir / TEMPLATE_FILE).is_file():
-        shutil.copyfile(template, workdir / TEMPLATE_FILE)
+        (workdir / TEMPLATE_FILE).write_text(template.read_text(encoding="utf-8"), encoding="utf-8")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from absl import flags
 
+from data import remote
 from train import program
 
 _WORKDIR = program.WORKDIR
@@ -46,15 +47,16 @@ def main(argv: list[str]) -> None:
     def export(step: int, meta: dict):
         exported_meta.update(meta)
         source = CheckpointParams(_WORKDIR.value, step)
-        if _FORMAT.value == "hf":
-            return export_hf(source, _OUT.value, _DTYPE.value)
-        if _FORMAT.value == "peft":
-            from train.interop.peft_export import export_peft
+        with remote.staged_folder(_OUT.value) as out:  # --out=gs://...: written here, then uploaded
+            if _FORMAT.value == "hf":
+                return export_hf(source, out, _DTYPE.value)
+            if _FORMAT.value == "peft":
+                from train.interop.peft_export import export_peft
 
-            return export_peft(source, _OUT.value, _DTYPE.value)
-        from train.interop.jax_export import export_jax
+                return export_peft(source, out, _DTYPE.value)
+            from train.interop.jax_export import export_jax
 
-        return export_jax(source, _OUT.value, _DTYPE.value, tuple(_PLATFORMS.value))
+            return export_jax(source, out, _DTYPE.value, tuple(_PLATFORMS.value))
 
     # The newest step whose files read (a damaged newer one is named and passed over), or --step.
     path, step = read_checkpoint(_WORKDIR.value or "", _STEP.value, export)

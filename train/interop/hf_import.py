@@ -18,7 +18,9 @@ import pathlib
 import jax
 import numpy as np
 
+from data import remote
 from data.chat_template import hf_folder_template, write_template
+from data.tokenizer import pull_tokenizer, push_tokenizer
 from train import program
 from train.config import Config, ConfigError, DataConfig, validate
 from train.interop.hf_families import Family, family_of_hf, from_hf
@@ -89,7 +91,12 @@ def import_hf(hf_dir: str | pathlib.Path, workdir: str | pathlib.Path) -> Config
     from train.optimizer import make_optimizer
     from train.state import state_layout
 
-    hf_dir, workdir = pathlib.Path(hf_dir), pathlib.Path(workdir)
+    source = str(hf_dir)
+    try:
+        hf_dir = remote.local_folder(hf_dir)  # a bucket's folder is read from a local copy
+    except FileNotFoundError as e:
+        raise ConfigError(f"--hf_dir={source}: {e}") from None
+    workdir = remote.as_path(workdir)
     hf_config = read_hf_config(hf_dir)
     family, config = config_from_hf(hf_config, hf_dir)
     weights = open_checkpoint_weights(hf_dir)
@@ -101,8 +108,15 @@ def import_hf(hf_dir: str | pathlib.Path, workdir: str | pathlib.Path) -> Config
         raise ConfigError(f"--workdir={workdir} already has checkpoints; import into a new workdir")
     params = read_hf_params(family, config, weights)
     workdir = program.writable_workdir(str(workdir))
-    meta = {"config": json.loads(config.to_json()), "imported_from": str(hf_dir.absolute())}
-    tokenizer = import_tokenizer(hf_dir, workdir, hf_config, config.model.vocab_size)
+    meta = {"config": json.loads(config.to_json()),
+            "imported_from": source if remote.is_url(source) else str(hf_dir.absolute())}
+    # A bucket workdir's tokenizer is written in its local mirror, then uploaded.
+    token_dir = remote.local_mirror(workdir) if remote.is_url(workdir) else workdir
+    if token_dir is not workdir:
+        pull_tokenizer(workdir, token_dir)
+    tokenizer = import_tokenizer(hf_dir, token_dir, hf_config, config.model.vocab_size)
+    if token_dir is not workdir:
+        push_tokenizer(token_dir, workdir)
     if tokenizer is not None:
         meta["tokenizer_sha256"] = tokenizer.sha256()
     mesh = make_mesh((1, 1, 1), jax.devices()[:1])

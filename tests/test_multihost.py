@@ -132,9 +132,16 @@ case "$verb" in
 esac
 """
 
-FAKE_JOB = """import os, sys, time
+FAKE_JOB = """import os, pathlib, sys, time
 print("step 1 on worker", os.environ["MESHLM_WORKER_ID"], flush=True)
-if os.environ["MESHLM_WORKER_ID"] == "1":
+started = pathlib.Path(os.environ["TMPDIR"]) / "worker0-started"
+if os.environ["MESHLM_WORKER_ID"] == "0":
+    started.touch()
+else:  # dies once worker 0 is surely running (a busy machine may start it later)
+    for _ in range(600):
+        if started.exists():
+            break
+        time.sleep(0.1)
     print("RESOURCE_EXHAUSTED: out of memory on the TPU", flush=True)
     sys.exit(3)
 time.sleep(120)  # worker 0 would run on: the launcher must stop it

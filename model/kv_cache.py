@@ -80,7 +80,13 @@ def write_cache(cache_k: jax.Array, cache_v: jax.Array, k: jax.Array, v: jax.Arr
 
     def write(cache: jax.Array, new: jax.Array, layout: str) -> jax.Array:
         new = jnp.einsum(f"bskd->{layout}", new).astype(cache.dtype)
-        return jax.lax.dynamic_update_slice(cache, new, tuple(index if axis == "s" else 0 for axis in layout))
+        start = tuple(index if axis == "s" else 0 for axis in layout)
+        if cache.dtype != jnp.bfloat16:
+            return jax.lax.dynamic_update_slice(cache, new, start)
+        # As 16-bit patterns: XLA:CPU updates a bfloat16 array through a float32 copy of it
+        # (converted there and back at every step) but an integer one in place.
+        bits = jax.lax.dynamic_update_slice(*(jax.lax.bitcast_convert_type(a, jnp.uint16) for a in (cache, new)), start)
+        return jax.lax.bitcast_convert_type(bits, jnp.bfloat16)
 
     return write(cache_k, k, LAYOUT["k"]), write(cache_v, v, LAYOUT["v"])
 

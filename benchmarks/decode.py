@@ -22,7 +22,10 @@ so a rounding difference flips a token early and the rows part; agreement on a t
 model is `tests/test_decode_precision.py`'s.
 
     .venv/bin/python -m benchmarks.decode [--dtype=float32|bfloat16|int8] [--compare=float32]
-        [--repeats=3] [--batches=1,8]
+        [--repeats=3] [--batches=1,8] [--nohf]
+
+HF's bf16 generate is slow on this CPU (~2 tokens/s at batch 1), so a bf16 or int8 run with
+HF takes ~15 minutes here; --nohf times meshlm's dtypes alone in a few.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from train.state import model_factory, param_shardings
 
 _DTYPE = flags.DEFINE_enum("dtype", "float32", list(WEIGHT_DTYPES), "meshlm's decoding dtype.")
 _COMPARE = flags.DEFINE_list("compare", None, "meshlm dtypes timed beside --dtype (default: the wider ones).")
+_HF = flags.DEFINE_bool("hf", True, "Time HF generate too (--nohf: meshlm's dtypes only, much quicker).")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed rounds per batch size; each runs every side.")
 _BATCHES = flags.DEFINE_list("batches", ["1", "8"], "Batch sizes to time.")
 PROMPT, NEW = 32, 128
@@ -86,14 +90,14 @@ def hf_model(params: dict):
 
 def bandwidth_probe(dtype: str) -> Callable[[int], float]:
     """A probe: the best bytes/s of reading a 256 MB matrix (best of n), by a float32 matrix-vector
-    product or a 2-row product in `dtype` (bf16: bf16 x bf16 -> f32; int8: int8 x int8 -> int32)."""
+    product or a kernel-first 2-row product in `dtype` (bf16 -> f32; int8 -> int32), the loop's own form."""
     f32 = jnp.float32
     probes = [(jax.jit(lambda w, v: w @ v), jnp.ones((8192, 8192), f32), jnp.ones((8192,), f32))]
     if dtype != "float32":
         itype, acc = (jnp.bfloat16, f32) if dtype == "bfloat16" else (jnp.int8, jnp.int32)
         columns = 8192 * 4 // jnp.dtype(itype).itemsize
-        rows_x_kernel = lambda w, v: jax.lax.dot_general(v, w, (((1,), (1,)), ((), ())), preferred_element_type=acc)
-        probes.append((jax.jit(rows_x_kernel), jnp.ones((8192, columns), itype), jnp.ones((2, columns), itype)))
+        kernel_first = lambda w, v: jax.lax.dot_general(w, v, (((1,), (1,)), ((), ())), preferred_element_type=acc)
+        probes.append((jax.jit(kernel_first), jnp.ones((8192, columns), itype), jnp.ones((2, columns), itype)))
     for f, w, v in probes:
         f(w, v).block_until_ready()
 
@@ -123,17 +127,18 @@ def main(argv: list[str]) -> None:
     mesh = make_mesh((1, 1, 1), jax.devices()[:1])
     graphdef, _, shardings = param_shardings(CFG, mesh)
     params = jax.jit(lambda: nnx.to_pure_dict(nnx.state(model_factory(CFG)(0))), out_shardings=shardings)()
-    hf = hf_model(params)
     rng = np.random.default_rng(0)
-    check = rng.integers(4, CFG.vocab_size, (1, PROMPT))
-    ours = nnx.merge(graphdef, params)(jnp.asarray(check), jnp.ones((1, PROMPT), jnp.int32), jnp.arange(PROMPT)[None])
-    with torch.no_grad():
-        theirs = hf(torch.from_numpy(check)).logits.numpy()
-    print(f"model: {sum(x.size for x in jax.tree.leaves(params)) / 1e6:.1f}M parameters; fp32 "
-          f"max |logits - HF logits| = {np.abs(np.asarray(ours) - theirs).max():.2e}")
     hf_dtype = "float32" if dtype == "float32" else "bfloat16"
-    if hf_dtype == "bfloat16":
-        hf = hf.to(torch.bfloat16)
+    if _HF.value:
+        hf = hf_model(params)
+        check = np.random.default_rng(1).integers(4, CFG.vocab_size, (1, PROMPT))
+        ours = nnx.merge(graphdef, params)(jnp.asarray(check), jnp.ones((1, PROMPT), jnp.int32),
+                                           jnp.arange(PROMPT)[None])
+        with torch.no_grad():
+            theirs = hf(torch.from_numpy(check)).logits.numpy()
+        print(f"model: {sum(x.size for x in jax.tree.leaves(params)) / 1e6:.1f}M parameters; fp32 "
+              f"max |logits - HF logits| = {np.abs(np.asarray(ours) - theirs).max():.2e}")
+        hf = hf.to(torch.bfloat16) if hf_dtype == "bfloat16" else hf
     sides = {d: compile_generate(graphdef, shardings, CFG, mesh, max_new_bucket=NEW, eos_id=-1, pad_id=0, dtype=d)
              for d in [dtype, *compare]}
     weight_bytes = sum(x.nbytes for x in jax.tree.leaves(sides[dtype].layout.convert(params)))
@@ -141,7 +146,7 @@ def main(argv: list[str]) -> None:
     bandwidth = probe(10)
     print(f"meshlm {dtype}: {weight_bytes / 1e6:.0f} MB of weights read per decode step; warm-up probe "
           f"{bandwidth / 1e9:.1f} GB/s -> roof {bandwidth / weight_bytes:.1f} decode steps/s; HF generate in "
-          f"{hf_dtype}; meshlm beside: {', '.join(compare) or 'none'}")
+          f"{hf_dtype if _HF.value else 'not timed (--nohf)'}; meshlm beside: {', '.join(compare) or 'none'}")
     for batch in (int(b) for b in _BATCHES.value):
         tokens = rng.integers(4, CFG.vocab_size, (batch, PROMPT)).astype(np.int32)
         prompts = left_pad([list(row) for row in tokens], PROMPT, 0)
@@ -158,7 +163,8 @@ def main(argv: list[str]) -> None:
             return out[:, PROMPT:].numpy()
 
         outputs = {side: run_meshlm(side) for side in sides}  # also the warm-up
-        outputs["hf"] = run_hf()
+        if _HF.value:
+            outputs["hf"] = run_hf()
         seconds = {side: [] for side in outputs}
         first_s, bandwidths = [], []
         for _ in range(_REPEATS.value):
@@ -168,15 +174,17 @@ def main(argv: list[str]) -> None:
                 seconds[side].append(_seconds(lambda: run_meshlm(side)))
                 if side == dtype:  # prefill and the first token: the same compile
                     first_s.append(_seconds(lambda: run_meshlm(side, 1)))
-            run_hf(1)
-            seconds["hf"].append(_seconds(run_hf))
+            if _HF.value:
+                run_hf(1)
+                seconds["hf"].append(_seconds(run_hf))
         tps = {side: batch * NEW / np.median(s) for side, s in seconds.items()}
         # The roof bounds the loop's steps, each reading all weights once; prefill is compute bound.
         steps_per_s = (NEW - 1) / np.median(np.subtract(seconds[dtype], first_s))
         roof = np.median(bandwidths) / weight_bytes
         agree = {side: (outputs[dtype] == out).mean() for side, out in outputs.items() if side != dtype}
-        print(f"batch {batch}: meshlm {dtype} {tps[dtype]:.1f} tokens/s, HF generate ({hf_dtype}) "
-              f"{tps['hf']:.1f} tokens/s, ratio {tps[dtype] / tps['hf']:.2f}x; decoding loop {steps_per_s:.1f} "
+        versus_hf = (f", HF generate ({hf_dtype}) {tps['hf']:.1f} tokens/s, ratio {tps[dtype] / tps['hf']:.2f}x"
+                     if _HF.value else "")
+        print(f"batch {batch}: meshlm {dtype} {tps[dtype]:.1f} tokens/s{versus_hf}; decoding loop {steps_per_s:.1f} "
               f"steps/s (after a {np.median(first_s) * 1e3:.0f} ms prefill) = {steps_per_s / roof:.0%} of the "
               f"bandwidth roof ({roof:.1f} steps/s at this batch's rounds' {np.median(bandwidths) / 1e9:.1f} GB/s)")
         for side in compare:

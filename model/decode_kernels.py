@@ -13,23 +13,23 @@ those dtypes and computes x [..., *in] -> [..., *out] with float32 accumulation:
 XLA:CPU (jax 0.10) facts that shape the bfloat16 and int8 forms (benchmarks/decode_products.py):
 - It sends a bfloat16 or int8 product to its fast library (YNNPACK) only with two rows or
   more; one row is upcast to float32 with a float32 copy of the whole kernel per call
-  (4x slower than float32 itself). So on CPU a one-row product gets a second row.
+  (~4x slower than float32 itself). So on CPU a one-row product gets a second row.
+- YNNPACK reads a kernel fastest as the product's first operand ([N, K] x [M, K] ->
+  [N, M]); as the second it repacks the kernel at every call, at about the rate memory
+  delivers it (~2x slower at 2 rows, ~1.5x at 8). XLA folds the transpose that follows a
+  kernel-first product by swapping the operands back, so the result crosses an
+  optimization barrier first.
 - It never fuses an int8 -> bfloat16 convert into a product: weight-only int8 with
   bfloat16 rows writes a bfloat16 copy of the kernel at every step, slower than holding
   bfloat16. Its int8 x int8 -> int32 product does read the int8 kernel as it lies. So on
   CPU the rows are quantized too, in two int8 digits (qwix's per-row int8 quantization,
   then that of what it left): rows of ~15 bits, more than bfloat16's 8, so the result is
-  the weight-only product to within float32 rounding, for one read of the int8 kernel (the
-  digits are rows of one product; one row's two digits are the two rows YNNPACK needs).
-  With the kernel as the product's first operand this ran ~2x faster than second.
-- YNNPACK repacks the kernel at every call, at about the rate memory delivers it: a
-  bfloat16 decode step at batch 1 costs about what a float32 one does (XLA's float32
-  GEMV streams its kernel as it lies); int8 halves that again, and at 8 rows bfloat16
-  gains ~1.4x over float32.
-On TPU and GPU, whose compilers fuse a convert into the product, int8 is plain weight-only
-(bfloat16 rows times the dequantized kernel: qwix's path) and nothing gets a second row;
-`jax.lax.platform_dependent` picks the form when the program is lowered, so an exported
-program carries both.
+  the weight-only product to within ~1e-4, for one read of the int8 kernel (the digits are
+  rows of one product; one row's two digits are the two rows YNNPACK needs).
+On TPU and GPU, whose compilers fuse a convert into the product and choose operand layouts
+themselves, int8 is plain weight-only (bfloat16 rows times the dequantized kernel: qwix's
+path) and products are written plainly; `jax.lax.platform_dependent` picks the form when
+the program is lowered, so an exported program carries both.
 """
 
 from __future__ import annotations
@@ -120,10 +120,20 @@ def _bf16(w: jax.Array, rows: jax.Array) -> jax.Array:
 
 
 def _bf16_cpu(w: jax.Array, rows: jax.Array) -> jax.Array:
-    """`_bf16` with at least two rows: XLA:CPU's bf16 kernels refuse one."""
-    if rows.shape[0] > 1:
-        return _bf16(w, rows)
-    return _bf16(w, jnp.concatenate([rows, rows]))[:1]
+    """`_bf16` as YNNPACK reads the kernel fastest: first operand, and at least two rows (see above)."""
+    m = rows.shape[0]
+    rows = jnp.concatenate([rows, rows]) if m == 1 else rows
+    return _kernel_first(jax.lax.dot_general(w, rows, _ROWS_BY_KERNEL, preferred_element_type=_F32))[:m]
+
+
+def _kernel_first(y_nm: jax.Array) -> jax.Array:
+    """A kernel-first product's [N, M] result as [M, N], behind a barrier.
+
+    Given the transpose, XLA would fold it into the product by swapping the operands
+    back, and YNNPACK then repacks the kernel at every call (~2x slower: 2 rows from
+    memory at 5.7 GB/s instead of 11.1; 8 rows 6.5 instead of 9.6).
+    """
+    return jax.lax.optimization_barrier(y_nm).T
 
 
 def _int8(q: jax.Array, scale: jax.Array, rows: jax.Array) -> jax.Array:
@@ -138,6 +148,6 @@ def _int8_cpu(q: jax.Array, scale: jax.Array, rows: jax.Array) -> jax.Array:
     high = qwix.quantize(rows, jnp.int8, channelwise_axes=(0,))
     low = qwix.quantize(rows - qwix.dequantize(high), jnp.int8, channelwise_axes=(0,))
     digits = qwix.QArray(jnp.concatenate([high.qvalue, low.qvalue]), jnp.concatenate([high.scale, low.scale]))
-    y = qwix.dot_general(qwix.QArray(q, scale), digits, _ROWS_BY_KERNEL, preferred_element_type=_F32).T
+    y = _kernel_first(qwix.dot_general(qwix.QArray(q, scale), digits, _ROWS_BY_KERNEL, preferred_element_type=_F32))
     m = rows.shape[0]
     return y[:m] + y[m:]

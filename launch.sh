@@ -2,15 +2,16 @@
 # meshlm's front door: sets up .venv when needed, then runs a job.
 #
 #   ./launch.sh demo                 train configs/bert_tiny.py on the built-in corpus, then fill masks
-#   ./launch.sh test [pytest args]   install the test and hf extras and run the test suite
+#   ./launch.sh test [pytest args]   install the test, hf and eval extras and run the test suite
 #   ./launch.sh train [flags]        python -m train.main with these flags
 #   ./launch.sh COMMAND [flags]      evaluate, checkpoints, decode, fill_mask, export, import_hf,
-#                                    finetune, predict, prepare, build_tfds, write_task: each is
-#                                    python -m of its module (README, "Layout")
+#                                    finetune, sft, predict, prepare, build_tfds, write_task, lm_eval:
+#                                    each is python -m of its module (README, "Layout")
 #   ./launch.sh run MODULE [flags]   python -m MODULE with these flags (any module with a main)
-#   ./launch.sh local --processes=N [--dry-run] -- [train flags]   N processes on this machine, one job
-#   ./launch.sh tpu --name=NAME --zone=ZONE [--project=P] [--dry-run] -- [train flags]   a Cloud TPU pod
-#   ./launch.sh slurm [--nodes=N --gpus_per_node=G ...] [--dry-run] -- [train flags]   sbatch + srun
+#   ./launch.sh local --processes=N [--grace=S] [--dry-run] -- [train flags]   N processes on this machine, one job
+#   ./launch.sh tpu --name=NAME --zone=ZONE [--project=P] [--grace=S] [--dry-run] -- [train flags]   a Cloud TPU pod
+#   ./launch.sh slurm [--nodes=N --gpus_per_node=G ...] [--grace=S] [--dry-run] -- [train flags]   sbatch + srun
+#   (--grace: seconds between the SIGTERM that stops a job's processes and the SIGKILL, default 30)
 #
 # Environment: PYTHON (interpreter to build .venv from, default python3),
 # MESHLM_VENV (default .venv), WORKDIR (demo's workdir, default workdirs/demo),
@@ -83,12 +84,14 @@ command_module() {
   case "$1" in
     train) echo train.main ;;
     evaluate) echo train.evaluate ;;
+    lm_eval) echo train.evaluate.lm_eval_cli ;;
     checkpoints) echo train.checkpoints ;;
     decode) echo train.generate.decode_cli ;;
     fill_mask) echo train.generate.fill_mask_cli ;;
     export) echo train.interop.export_cli ;;
     import_hf) echo train.interop.import_cli ;;
     finetune) echo train.finetune ;;
+    sft) echo train.finetune.sft_cli ;;
     predict) echo train.finetune.predict_cli ;;
     prepare) echo data.prepare_cli ;;
     build_tfds) echo data.build_tfds_cli ;;
@@ -110,7 +113,7 @@ case "$cmd" in
     "$PY" -m "$(command_module fill_mask)" --workdir="$workdir" --examples=5 --candidates=5
     ;;
   test)
-    ensure_venv "test,hf"
+    ensure_venv "test,hf,eval"
     "$PY" -m pytest "$@"
     ;;
   train)
@@ -123,7 +126,18 @@ case "$cmd" in
     module="$1"; shift
     exec "$PY" -m "$module" "$@"
     ;;
-  evaluate|checkpoints|decode|fill_mask|export|import_hf|finetune|predict|prepare|build_tfds|write_task)
+  lm_eval)
+    ensure_venv "eval"
+    exec "$PY" -m "$(command_module "$cmd")" "$@"
+    ;;
+  evaluate)
+    # Task scores (--tasks) run lm-evaluation-harness: the eval extra.
+    extras=""
+    for arg in "$@"; do [[ "$arg" == --tasks* ]] && extras="eval"; done
+    ensure_venv "$extras"
+    exec "$PY" -m "$(command_module "$cmd")" "$@"
+    ;;
+  checkpoints|decode|fill_mask|export|import_hf|finetune|sft|predict|prepare|build_tfds|write_task)
     ensure_venv ""
     exec "$PY" -m "$(command_module "$cmd")" "$@"
     ;;
@@ -131,9 +145,9 @@ case "$cmd" in
   tpu) launch_tpu "$@" ;;
   slurm) launch_slurm "$@" ;;
   ""|-h|--help|help)
-    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
     ;;
   *)
-    die "unknown command '$cmd'; accepted: demo, test, train, evaluate, checkpoints, decode, fill_mask, export, import_hf, finetune, predict, prepare, build_tfds, write_task, run, local, tpu, slurm (see ./launch.sh --help)"
+    die "unknown command '$cmd'; accepted: demo, test, train, evaluate, lm_eval, checkpoints, decode, fill_mask, export, import_hf, finetune, sft, predict, prepare, build_tfds, write_task, run, local, tpu, slurm (see ./launch.sh --help)"
     ;;
 esac

@@ -45,7 +45,7 @@ def main(argv: list[str]) -> None:
     trained = open_workdir(_WORKDIR.value)
     prompts = held_out_prompts()
     sampling = Sampling(max_new_tokens=_MAX_NEW.value)
-    out = {dtype: complete(trained, prompts, sampling, dtype) for dtype in DTYPES}
+    out = {dtype: complete(trained, prompts, sampling, dtype=dtype) for dtype in DTYPES}
     print(f"{len(prompts)} held-out prompts, greedy, up to {_MAX_NEW.value} new tokens; workdir "
           f"{_WORKDIR.value} step {trained.step}")
     for a, b in (("bfloat16", "float32"), ("int8", "bfloat16"), ("int8", "float32")):

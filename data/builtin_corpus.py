@@ -21,7 +21,8 @@ import tempfile
 from collections.abc import Iterator
 
 from data import docstrings
-from data.documents import is_validation
+from data.documents import DataError, is_validation
+from data.integrity import file_sha256
 
 # Bump when the extraction or filtering changes, so old caches are not reused.
 CORPUS_VERSION = 2
@@ -133,8 +134,14 @@ def _publish(staging: pathlib.Path, final: pathlib.Path) -> None:
 
 
 def _load_files(directory: pathlib.Path) -> CorpusFiles:
-    """The CorpusFiles recorded in a finished build's info.json."""
+    """The CorpusFiles recorded in a finished build's info.json, checked against its sha256."""
     info = json.loads((directory / "info.json").read_text(encoding="utf-8"))
+    for split, recorded in info.get("sha256", {}).items():  # builds before hashes have none
+        path = directory / f"{split}.txt"
+        if not path.is_file() or file_sha256(path) != recorded:
+            raise DataError(f"{path} is damaged or missing: it differs from the sha256 recorded in "
+                            f"{directory / 'info.json'} when it was built; delete {directory} to "
+                            "build the corpus again")
     return CorpusFiles(train=directory / "train.txt", validation=directory / "validation.txt",
                        train_docs=info["train_docs"], validation_docs=info["validation_docs"],
                        train_bytes=info["train_bytes"],
@@ -155,7 +162,8 @@ def _write_corpus(directory: pathlib.Path, max_bytes: int | None) -> None:
     if counts["train_docs"] == 0:
         raise ValueError(f"the built-in corpus came out empty (max_bytes={max_bytes}); "
                          "accepted: None or a cap of at least a few KB")
-    info = dict(counts, version=CORPUS_VERSION, max_bytes=max_bytes, python=sys.version)
+    info = dict(counts, version=CORPUS_VERSION, max_bytes=max_bytes, python=sys.version,
+                sha256={split: file_sha256(directory / f"{split}.txt") for split in ("train", "validation")})
     (directory / "info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
 
 

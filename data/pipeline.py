@@ -2,12 +2,15 @@
 
     prepare(workdir, source, ...)
       1. the tokenizer: workdir/tokenizer.model, trained on the source's train documents once
+         (or the workdir's tokenizer.json, which an imported model brought)
       2. the token store: `store:<dir>` as given; any text source tokenized into
          workdir/data/source-<key>/ by tokenize_to_store (data/token_store.py)
       3. the packed rows: workdir/data/<key>/{train,validation} (data/packing.py)
 
 Each step is made once and reused; each is written to a temporary folder and renamed into
-place, so an interrupted run never leaves half of one. `python -m data.prepare_cli` runs
+place, so an interrupted run never leaves half of one. Each records hashes of what it
+wrote (the tokenizer's FILE.sha256, the store's per-shard sha256, the rows' per-block
+sha256) and is checked against them when read back (data/integrity.py). `python -m data.prepare_cli` runs
 step 2 alone for large data (prepare once, train many).
 
 The built-in corpus is tokenized into a single-shard store: its documents then pack as one
@@ -26,10 +29,11 @@ import shutil
 
 from data.builtin_corpus import CorpusFiles, builtin_corpus, default_cache_dir, read_documents
 from data.documents import SPLITS, DataError, DecodeCounts
-from data.packing import PACK_WINDOW, PackedRows, pack_store
+from data.packing import PACK_WINDOW, PackedRows, is_hashed, pack_store
 from data.sources import SourceSpec, parse_source, source_documents
 from data.token_store import SHARD_DOCS, TokenStore, write_store
-from data.tokenizer import Tokenizer, load_or_train_tokenizer, train_tokenizer_on_documents
+from data.tokenizer import (SPM_FILE, AnyTokenizer, copy_tokenizer, fits_vocab, load_or_train_tokenizer,
+                            open_tokenizer, tokenizer_file, train_tokenizer_on_documents)
 
 # Bump when packing changes, so old rows are not reused.
 STORE_VERSION = 1
@@ -39,7 +43,7 @@ STORE_VERSION = 1
 class PreparedData:
     """What training needs from the data side: the tokenizer and packed rows per split."""
 
-    tokenizer: Tokenizer
+    tokenizer: AnyTokenizer
     train: PackedRows
     validation: PackedRows
     source: CorpusFiles | TokenStore  # the built-in corpus's text files, or the store packed
@@ -71,17 +75,20 @@ def prepare(workdir: str | os.PathLike, source: str | SourceSpec, *, seq_len: in
                 max_corpus_bytes=max_corpus_bytes)
     if spec.kind == "store":
         store = _open_store(spec.path, vocab_size)
-        tokenizer = _adopt_tokenizer(workdir / "tokenizer.model", store)
+        tokenizer = _adopt_tokenizer(workdir, store)
     else:
-        tokenizer = _source_tokenizer(workdir / "tokenizer.model", spec, corpus, vocab_size, tokenizer_type, read)
+        model_path = tokenizer_file(workdir) or workdir / SPM_FILE
+        tokenizer = _source_tokenizer(model_path, spec, corpus, vocab_size, tokenizer_type, read)
         store = None if corpus else _workdir_store(workdir, spec, None, tokenizer, read)
     key = _rows_key(store, corpus, tokenizer, seq_len)
     rows_dir = workdir / "data" / key
+    if rows_dir.is_dir() and not all(is_hashed(rows_dir / split) for split in SPLITS):
+        _discard(rows_dir)  # packed before rows recorded their hashes: pack again, same rows
     if not rows_dir.is_dir():
         # The built-in corpus's key names its text, not a store: tokenize it only when packing.
         store = store or _workdir_store(workdir, spec, corpus, tokenizer, read)
         pack_store(rows_dir, store, seq_len, cls_id=tokenizer.cls_id, sep_id=tokenizer.sep_id,
-                   pad_id=tokenizer.pad_id)
+                   pad_id=tokenizer.pad_id, vocab_size=tokenizer.vocab_size)
     return PreparedData(tokenizer=tokenizer, train=PackedRows.load(rows_dir / "train"),
                         validation=PackedRows.load(rows_dir / "validation"), source=corpus or store,
                         key=key)
@@ -102,13 +109,13 @@ def tokenize_to_store(source: str | SourceSpec, tokenizer: str | os.PathLike, ou
     builtin_dir = builtin_dir or default_cache_dir()
     read = dict(text_field=text_field, tfds_data_dir=tfds_data_dir, builtin_dir=builtin_dir)
     if not pathlib.Path(tokenizer).exists():
-        if vocab_size <= 0:
-            raise DataError(f"no tokenizer at {tokenizer}: give an existing .model, or "
-                            "--vocab_size=N to train one on the source")
+        if vocab_size <= 0 or str(tokenizer).endswith(".json"):
+            raise DataError(f"no tokenizer at {tokenizer}: give an existing .model or tokenizer.json, or "
+                            "a .model path and --vocab_size=N to train one on the source")
         train_tokenizer_on_documents(source_documents(spec, "train", **read), tokenizer,
                                      vocab_size=vocab_size, model_type=tokenizer_type)
-    elif vocab_size and Tokenizer(tokenizer).vocab_size != vocab_size:
-        raise DataError(f"tokenizer {tokenizer} has {Tokenizer(tokenizer).vocab_size} pieces, "
+    elif vocab_size and open_tokenizer(tokenizer).vocab_size != vocab_size:
+        raise DataError(f"tokenizer {tokenizer} has {open_tokenizer(tokenizer).vocab_size} pieces, "
                         f"not --vocab_size={vocab_size}; drop --vocab_size or use another path")
     return _write_source_store(out, spec, tokenizer, read, workers=workers, shard_docs=shard_docs)
 
@@ -121,7 +128,7 @@ def _write_source_store(out, spec: SourceSpec, tokenizer_path, read: dict, **opt
 
 
 def _source_tokenizer(model_path: pathlib.Path, spec: SourceSpec, corpus: CorpusFiles | None,
-                      vocab_size: int, model_type: str, read: dict) -> Tokenizer:
+                      vocab_size: int, model_type: str, read: dict) -> AnyTokenizer:
     """The workdir's tokenizer, trained on the source's train documents if there is none yet."""
     if model_path.exists() or corpus is not None:
         return load_or_train_tokenizer(model_path, corpus.train if corpus else "", vocab_size=vocab_size,
@@ -131,7 +138,7 @@ def _source_tokenizer(model_path: pathlib.Path, spec: SourceSpec, corpus: Corpus
 
 
 def _workdir_store(workdir: pathlib.Path, spec: SourceSpec, corpus: CorpusFiles | None,
-                   tokenizer: Tokenizer, read: dict) -> TokenStore:
+                   tokenizer: AnyTokenizer, read: dict) -> TokenStore:
     """A text source's token store under workdir/data/source-<key>/, written once."""
     identity = {"source": spec.describe(), "text_field": read["text_field"],
                 "tfds_data_dir": read["tfds_data_dir"], "tokenizer": tokenizer.sha256(),
@@ -150,30 +157,40 @@ def _workdir_store(workdir: pathlib.Path, spec: SourceSpec, corpus: CorpusFiles 
 def _open_store(path: str, vocab_size: int) -> TokenStore:
     """A store made by data.prepare_cli, checked against its manifest and the model's vocabulary."""
     store = TokenStore(path)
-    tokenizer = Tokenizer(store.tokenizer_path)
+    tokenizer = open_tokenizer(store.tokenizer_path)
     if tokenizer.sha256() != store.manifest["tokenizer"]["sha256"]:
         raise DataError(f"{store.tokenizer_path} is not the tokenizer recorded in the store's "
                         "manifest: the store is damaged; prepare it again")
-    if tokenizer.vocab_size != vocab_size:
+    if not fits_vocab(tokenizer, vocab_size):
         raise DataError(f"store {store.directory} was tokenized with {tokenizer.vocab_size} "
                         f"pieces but model.vocab_size={vocab_size}; set "
                         f"--config.model.vocab_size={tokenizer.vocab_size}")
     return store
 
 
-def _adopt_tokenizer(model_path: pathlib.Path, store: TokenStore) -> Tokenizer:
+def _adopt_tokenizer(workdir: pathlib.Path, store: TokenStore) -> AnyTokenizer:
     """Copies the store's tokenizer into the workdir; refuses a workdir with another one."""
-    tokenizer = Tokenizer(store.tokenizer_path)
-    if not model_path.exists():
-        model_path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(tokenizer.path, model_path)
-    elif Tokenizer(model_path).sha256() != tokenizer.sha256():
-        raise DataError(f"{model_path} differs from the tokenizer of the data; use a new "
+    tokenizer = open_tokenizer(store.tokenizer_path)
+    existing = tokenizer_file(workdir)
+    if existing is None:
+        copy_tokenizer(tokenizer, workdir)
+    elif open_tokenizer(existing).sha256() != tokenizer.sha256():
+        raise DataError(f"{existing} differs from the tokenizer of the data; use a new "
                         "--workdir for this data")
     return tokenizer
 
 
-def _rows_key(store: TokenStore | None, corpus: CorpusFiles | None, tokenizer: Tokenizer, seq_len: int) -> str:
+def _discard(directory: pathlib.Path) -> None:
+    """Removes a cache folder: renamed out of the way first, so no reader sees half of it."""
+    doomed = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+    try:
+        os.rename(directory, doomed)
+    except FileNotFoundError:
+        return  # another process of the job got there first
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _rows_key(store: TokenStore | None, corpus: CorpusFiles | None, tokenizer: AnyTokenizer, seq_len: int) -> str:
     """A short hash of everything that decides the packed rows."""
     if corpus is not None:  # the built-in corpus keeps the key its rows had before stores
         identity = {"tokenizer": tokenizer.sha256(), "corpus": corpus.train.parent.name,

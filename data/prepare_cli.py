@@ -58,8 +58,9 @@ def _fail(message: str) -> None:
 
 if __name__ == "__main__":
     flags.DEFINE_string("source", None, "builtin | files:<glob>[,...] | tfds:<name>[:<split>]")
-    flags.DEFINE_string("tokenizer", None, "sentencepiece .model to encode with (trained "
-                        "here first if missing and --vocab_size is set).")
+    flags.DEFINE_string("tokenizer", None, "sentencepiece .model (trained here first if missing and "
+                        "--vocab_size is set) or a Hugging Face tokenizer.json (its tokenizer_config.json "
+                        "beside it names the special tokens) to encode with.")
     flags.DEFINE_integer("vocab_size", 0, "Train a tokenizer of this many pieces if "
                          "--tokenizer does not exist.")
     flags.DEFINE_enum("tokenizer_type", "unigram", MODEL_TYPES, "Model type when training.")

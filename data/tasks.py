@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from data.tokenizer import Tokenizer
+from data.tokenizer import AnyTokenizer
 
 FILE_SUFFIXES = (".csv", ".jsonl")
 
@@ -209,7 +209,7 @@ def _is_int(text: str) -> bool:
         return False
 
 
-def encode_examples(examples: Sequence[Example], tokenizer: Tokenizer, seq_len: int) -> dict[str, np.ndarray]:
+def encode_examples(examples: Sequence[Example], tokenizer: AnyTokenizer, seq_len: int) -> dict[str, np.ndarray]:
     """Rows of [CLS] a [SEP] (b [SEP]) [PAD]...: tokens, token_types, segment_ids, positions, int32 [N, seq_len].
 
     Texts too long for seq_len are cut, the longer of a pair first (as BERT does).

@@ -19,7 +19,7 @@ def tfds_documents(name: str, split: str, read_split: str, text_field: str = "te
                    counts: DecodeCounts | None = None) -> Iterator[str]:
     """Our split (train or validation) of a prepared TFDS dataset whose training split is read_split."""
     counts = counts if counts is not None else DecodeCounts()
-    tfds_split, holdout = _tfds_split(name, read_split, split, data_dir)
+    tfds_split, holdout = split_plan(name, read_split, split, data_dir)
     for example in open_tfds(name, tfds_split, data_dir):
         if text_field not in example:
             raise DataError(f"TFDS dataset {name} has no feature {text_field!r} "
@@ -31,7 +31,7 @@ def tfds_documents(name: str, split: str, read_split: str, text_field: str = "te
             yield doc
 
 
-def _tfds_split(name: str, read_split: str, split: str, data_dir: str) -> tuple[str, bool | None]:
+def split_plan(name: str, read_split: str, split: str, data_dir: str) -> tuple[str, bool | None]:
     """The TFDS split to read for our split, and which hash holdout to keep (None: all)."""
     has_validation = "validation" in tfds_split_names(name, data_dir)
     if split == "train":

@@ -3,7 +3,8 @@
 Layout of a store directory (written by write_store, read by TokenStore):
 
     manifest.json                 sizes, shard list, per-shard sha256 and a content hash
-    tokenizer.model               the sentencepiece model the ids belong to
+    tokenizer.model               the tokenizer the ids belong to (or tokenizer.json and
+                                  tokenizer_config.json, see data/hf_tokenizer.py)
     <split>/<split>-00000.tokens.npy    every document's ids back to back (uint16 or int32)
     <split>/<split>-00000.offsets.npy   int64 [docs + 1]: document d is tokens[o[d]:o[d+1]]
 
@@ -28,12 +29,12 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 from data.documents import DataError, DecodeCounts
-from data.tokenizer import Tokenizer
+from data.tokenizer import AnyTokenizer, copy_tokenizer, open_tokenizer
 
 FORMAT = 1
 MANIFEST = "manifest.json"
 SHARD_DOCS = 4096  # records per shard: small shards keep random reads fast
-_tokenizer: Tokenizer | None = None  # one per worker process
+_tokenizer: AnyTokenizer | None = None  # one per worker process
 
 
 def write_store(out: str | os.PathLike, tokenizer_path: str | os.PathLike,
@@ -45,14 +46,14 @@ def write_store(out: str | os.PathLike, tokenizer_path: str | os.PathLike,
         raise DataError(f"store {out} already exists; choose a new --out or delete it")
     if shard_docs <= 0:
         raise DataError(f"shard_docs must be a positive number of documents, got {shard_docs}")
-    tokenizer = Tokenizer(tokenizer_path)
+    tokenizer = open_tokenizer(tokenizer_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        shutil.copyfile(tokenizer.path, staging / "tokenizer.model")
+        copied = copy_tokenizer(tokenizer, staging)
         dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.int32
         manifest = {"format": FORMAT, "source": source, "token_dtype": np.dtype(dtype).name,
-                    "tokenizer": {"file": "tokenizer.model", "sha256": tokenizer.sha256(),
+                    "tokenizer": {"file": copied.name, "sha256": tokenizer.sha256(),
                                   "vocab_size": tokenizer.vocab_size}, "splits": {}}
         workers = workers or min(os.cpu_count() or 1, 8)
         with _encoder_pool(tokenizer.path, workers) as pool:
@@ -126,7 +127,7 @@ def _chunked(docs: Iterable[str], size: int) -> Iterator[list[str]]:
 def _init_worker(tokenizer_path: str) -> None:
     """Loads the tokenizer once per worker process."""
     global _tokenizer
-    _tokenizer = Tokenizer(tokenizer_path)
+    _tokenizer = open_tokenizer(tokenizer_path)
 
 
 def _encode_shard(task: tuple) -> dict:
@@ -162,6 +163,7 @@ class TokenStore:
         if self.manifest.get("format") != FORMAT:
             raise DataError(f"store {self.directory} has format "
                             f"{self.manifest.get('format')}; this meshlm reads format {FORMAT}")
+        self._checked: set[str] = set()  # shards whose sha256 has been checked
 
     @property
     def tokenizer_path(self) -> pathlib.Path:
@@ -177,11 +179,18 @@ class TokenStore:
         """Documents in a split (0 for a split the store lacks)."""
         return self.manifest["splits"].get(split, {}).get("docs", 0)
 
-    def shards(self, split: str) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(tokens, offsets) of each shard of a split, memory-mapped."""
-        out = []
+    def shards(self, split: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(tokens, offsets) of each shard of a split, memory-mapped, in order.
+
+        Each shard is checked against the sha256 its manifest recorded the first time it is
+        read (one pass over its two files, which packing reads whole anyway), so a reader
+        that stops early, such as `documents(...)` for a few held-out texts, checks only the
+        shards it touched.
+        """
         for shard in self.manifest["splits"].get(split, {}).get("shards", []):
             base = self.directory / shard["name"]
+            if shard["name"] not in self._checked:
+                self._check_shard(base, shard)
             try:
                 tokens = np.load(f"{base}.tokens.npy", mmap_mode="r" if shard["tokens"] else None,
                                  allow_pickle=False)
@@ -191,8 +200,24 @@ class TokenStore:
             if len(offsets) != shard["docs"] + 1 or offsets[-1] != len(tokens):
                 raise DataError(f"store shard {base} is damaged: its sizes differ from "
                                 f"{MANIFEST}")
-            out.append((tokens, offsets))
-        return out
+            yield tokens, offsets
+
+    def _check_shard(self, base: pathlib.Path, shard: dict) -> None:
+        """Raises DataError unless the shard's two files hash to the manifest's sha256."""
+        digest = hashlib.sha256()
+        try:
+            for suffix in ("tokens", "offsets"):
+                with open(f"{base}.{suffix}.npy", "rb") as f:
+                    while chunk := f.read(1 << 20):
+                        digest.update(chunk)
+        except OSError as e:
+            raise DataError(f"store shard {base} cannot be read ({e})") from None
+        if digest.hexdigest() != shard["sha256"]:
+            raise DataError(f"store shard {base}.{{tokens,offsets}}.npy is damaged: its sha256 "
+                            f"differs from the one {self.directory / MANIFEST} recorded when it was "
+                            "written; prepare the store again (or delete a workdir's data/ folder "
+                            "to rebuild it)")
+        self._checked.add(shard["name"])
 
     def documents(self, split: str) -> Iterator[np.ndarray]:
         """Every document of a split as an array of ids, in store order."""

@@ -1,22 +1,31 @@
-"""The sentencepiece tokenizer: training it on a corpus file and loading it back.
+"""Tokenizers: meshlm's sentencepiece models (trained here or loaded), and which file is a workdir's.
 
 Our models fix the special ids: [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4, with no
 BOS/EOS. [CLS], [SEP] and [MASK] are user-defined symbols, so the literal text "[MASK]" in a
-prompt encodes to MASK_ID. A loaded model may be any sentencepiece model that has a pad id
-and these three symbols; the properties report the ids it really has, so use them. (The
-"word" model type is the one exception among ours: sentencepiece adds a '▁[CLS]'-style
-piece after each symbol, so its ids are [CLS]=2, [SEP]=4, [MASK]=6.)
+prompt encodes to MASK_ID. A loaded model may be any sentencepiece model that has these
+symbols, or bos/eos ids instead of [CLS]/[SEP] (Llama-2 style: the document start and end;
+no pad id means the end id pads); the properties report the ids it really has, so use
+them. (The "word" model type is the one exception among ours: sentencepiece adds a
+'▁[CLS]'-style piece after each symbol, so its ids are [CLS]=2, [SEP]=4, [MASK]=6.)
+
+A workdir (or token store) holds one tokenizer: `tokenizer.model` (sentencepiece, this
+module's `Tokenizer`) or `tokenizer.json` (a Hugging Face tokenizer an imported model
+brought, `data/hf_tokenizer.py`'s `HFTokenizer`); `open_tokenizer` reads either, by name.
 """
 
 import hashlib
 import io
 import os
 import pathlib
+import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import sentencepiece as spm
+
+from data.hf_tokenizer import HFTokenizer
+from data.integrity import check_recorded_sha256, record_sha256
 
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 1, 2, 3, 4
 PAD_PIECE, UNK_PIECE = "[PAD]", "[UNK]"
@@ -33,25 +42,34 @@ class Tokenizer:
         self._path = pathlib.Path(model_path)
         model = _read_model(self._path)
         self._sha256 = hashlib.sha256(model).hexdigest()
+        check_recorded_sha256(self._path, self._sha256, "restore the original file, or start over "
+                              "in a new --workdir (checkpoints are tied to their tokenizer)")
         self._sp = _load_processor(self._path, model)
-        self._pad_id = self._sp.pad_id()
-        if self._pad_id < 0:
-            raise ValueError(f"tokenizer {self._path} has no pad id: expected a model trained "
-                             "with pad_id=0 (train_tokenizer does)")
-        self._cls_id, self._sep_id, self._mask_id = (
-            self._symbol_id(p) for p in (CLS_PIECE, SEP_PIECE, MASK_PIECE))
+        symbols = {piece: self._user_symbol(piece) for piece in (CLS_PIECE, SEP_PIECE, MASK_PIECE)}
+        self._cls_id = self._document_id(symbols[CLS_PIECE], self._sp.bos_id(), CLS_PIECE, "bos")
+        self._sep_id = self._document_id(symbols[SEP_PIECE], self._sp.eos_id(), SEP_PIECE, "eos")
+        self._mask_id = symbols[MASK_PIECE]
+        self._pad_id = self._sp.pad_id() if self._sp.pad_id() >= 0 else self._sep_id
         self._aliases = self._word_aliases()
-        space = self._sp.piece_to_id("\u2581")
-        self._space_id = space if self._sp.id_to_piece(space) == "\u2581" else None
+        # Symbols in text encode as their id alone (see _clean).
+        self._symbols = {i for i in symbols.values() if i is not None}
+        space = self._sp.piece_to_id(_WORD_START)
+        self._space_id = space if self._sp.id_to_piece(space) == _WORD_START else None
 
-    def _symbol_id(self, piece: str) -> int:
-        """The id of a required special piece; an error if the model lacks it."""
+    def _user_symbol(self, piece: str) -> int | None:
+        """The id of a user-defined piece such as [MASK], or None when the model lacks it."""
         i = self._sp.piece_to_id(piece)
-        if self._sp.id_to_piece(i) != piece:
-            raise ValueError(f"tokenizer {self._path} has no {piece} piece: expected a model "
-                             f"trained with user_defined_symbols {CLS_PIECE},{SEP_PIECE},"
-                             f"{MASK_PIECE} (train_tokenizer does)")
-        return i
+        return i if self._sp.id_to_piece(i) == piece else None
+
+    def _document_id(self, symbol: int | None, fallback: int, piece: str, name: str) -> int:
+        """[CLS]/[SEP] when the model has them, else its bos/eos id; an error when it has neither."""
+        if symbol is not None:
+            return symbol
+        if fallback >= 0:
+            return fallback
+        raise ValueError(f"tokenizer {self._path} has no {piece} piece and no {name} id: expected a model "
+                         f"trained with user_defined_symbols {CLS_PIECE},{SEP_PIECE},{MASK_PIECE} "
+                         "(train_tokenizer does) or one with bos and eos ids")
 
     def _word_aliases(self) -> dict[int, int]:
         """Maps '▁[MASK]'-style pieces (word models add them) to the special ids themselves."""
@@ -59,7 +77,7 @@ class Tokenizer:
         for piece, i in ((CLS_PIECE, self._cls_id), (SEP_PIECE, self._sep_id),
                          (MASK_PIECE, self._mask_id)):
             alias = self._sp.piece_to_id(_WORD_START + piece)
-            if self._sp.id_to_piece(alias) == _WORD_START + piece:
+            if i is not None and self._sp.id_to_piece(alias) == _WORD_START + piece:
                 aliases[alias] = i
         return aliases
 
@@ -94,8 +112,8 @@ class Tokenizer:
         return self._sep_id
 
     @property
-    def mask_id(self) -> int:
-        """Id that MLM masking substitutes, and that "[MASK]" in text encodes to."""
+    def mask_id(self) -> int | None:
+        """Id that MLM masking substitutes, and that "[MASK]" in text encodes to (None: no [MASK])."""
         return self._mask_id
 
     def encode(self, text: str) -> list[int]:
@@ -108,17 +126,19 @@ class Tokenizer:
         return [self._clean(ids) for ids in batch]
 
     def _clean(self, ids: list[int]) -> list[int]:
-        """Makes "[MASK]" in text encode as training masks it: one mask id in the word's place.
+        """Makes "[MASK]" (and [CLS], [SEP]) in text encode as training sees them: the id alone.
 
         Word models emit '▁[MASK]'-style pieces (mapped back to the special ids), and the
-        others emit a lone '▁' before a user-defined symbol, which training never sees.
+        others emit a lone '▁' before a user-defined symbol, which training never sees (a
+        mask takes a whole word's place). The same rule holds for the tokenizer.json of
+        exports (data/fast_tokenizer.py), which can express no other.
         """
         if self._aliases:
             ids = [self._aliases.get(i, i) for i in ids]
-        if self._space_id is None or self._mask_id not in ids:
+        if self._space_id is None or not self._symbols.intersection(ids):
             return ids
         return [i for k, i in enumerate(ids)
-                if not (i == self._space_id and k + 1 < len(ids) and ids[k + 1] == self._mask_id)]
+                if not (i == self._space_id and k + 1 < len(ids) and ids[k + 1] in self._symbols)]
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
         """Text of ids, dropping pad, cls and sep; a mask id reads as "[MASK]"."""
@@ -135,7 +155,7 @@ class Tokenizer:
 
     def special_ids(self) -> np.ndarray:
         """Ids MLM masking must never select: pad, cls, sep and mask (unk is an ordinary token)."""
-        return np.array([self._pad_id, self._cls_id, self._sep_id, self._mask_id], np.int32)
+        return special_id_array(self._pad_id, self._cls_id, self._sep_id, self._mask_id)
 
     def word_start_table(self) -> np.ndarray:
         """Bool [vocab_size]: True where a piece begins a word, for whole-word masking.
@@ -151,6 +171,51 @@ class Tokenizer:
     def sha256(self) -> str:
         """Hex digest of the model file, identifying it in caches and checkpoints."""
         return self._sha256
+
+
+def special_id_array(*ids: int | None) -> np.ndarray:
+    """The distinct special ids given (None for a role the tokenizer lacks), as int32."""
+    return np.array(sorted({i for i in ids if i is not None}), np.int32)
+
+
+AnyTokenizer = Tokenizer | HFTokenizer
+SPM_FILE, HF_FILE = "tokenizer.model", "tokenizer.json"
+
+
+def tokenizer_file(directory: str | os.PathLike) -> pathlib.Path | None:
+    """The tokenizer of a workdir or store: tokenizer.model or tokenizer.json (never both), or None."""
+    directory = pathlib.Path(directory)
+    found = [directory / name for name in (SPM_FILE, HF_FILE) if (directory / name).is_file()]
+    if len(found) > 1:
+        raise ValueError(f"{directory} holds both {SPM_FILE} and {HF_FILE}; a workdir has one tokenizer: "
+                         "remove the one its checkpoints were not trained with")
+    return found[0] if found else None
+
+
+def open_tokenizer(path: str | os.PathLike) -> AnyTokenizer:
+    """A tokenizer file of either kind: *.json is a Hugging Face tokenizer.json, else sentencepiece."""
+    path = pathlib.Path(path)
+    if path.suffix == ".json":
+        return HFTokenizer(path)
+    return Tokenizer(path)
+
+
+def copy_tokenizer(tokenizer: AnyTokenizer, directory: pathlib.Path) -> pathlib.Path:
+    """Copies a tokenizer's files into directory under the standard names; returns its main file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if isinstance(tokenizer, HFTokenizer):
+        return tokenizer.copy_to(directory)
+    shutil.copyfile(tokenizer.path, directory / SPM_FILE)
+    record_sha256(directory / SPM_FILE, tokenizer.sha256())  # checked by every later load
+    return directory / SPM_FILE
+
+
+def fits_vocab(tokenizer: AnyTokenizer, vocab_size: int) -> bool:
+    """Whether a model of vocab_size ids can use tokenizer: exactly for sentencepiece (meshlm trains
+    them so), at most for a tokenizer.json (an imported embedding may have spare rows, as Qwen's)."""
+    if isinstance(tokenizer, HFTokenizer):
+        return tokenizer.vocab_size <= vocab_size
+    return tokenizer.vocab_size == vocab_size
 
 
 def _read_model(path: pathlib.Path) -> bytes:
@@ -207,6 +272,7 @@ def _write_model(model: bytes, model_path: pathlib.Path) -> None:
                     for i in range(processor.get_piece_size()))
     _write_atomic(model_path.with_suffix(".vocab"), vocab.encode())
     _write_atomic(model_path, model)
+    record_sha256(model_path, hashlib.sha256(model).hexdigest())  # checked by every later load
 
 
 def _write_atomic(path: pathlib.Path, data: bytes) -> None:
@@ -297,13 +363,20 @@ def _trainer_flags(vocab_size: int, model_type: str) -> dict:
 
 
 def load_or_train_tokenizer(model_path: str | os.PathLike, text_path: str | os.PathLike, *,
-                            vocab_size: int, model_type: str = "unigram") -> Tokenizer:
-    """Reuses the model at model_path if it has vocab_size ids, else trains one on text_path."""
+                            vocab_size: int, model_type: str = "unigram") -> AnyTokenizer:
+    """Reuses the tokenizer at model_path if it fits vocab_size ids, else trains one on text_path.
+
+    A sentencepiece model must have exactly vocab_size pieces (meshlm trains them so); an
+    imported tokenizer.json may have fewer ids than the model's embedding has rows (Qwen's do).
+    """
     if not pathlib.Path(model_path).exists():
         return train_tokenizer(text_path, model_path, vocab_size=vocab_size,
                                model_type=model_type)
-    tokenizer = Tokenizer(model_path)
-    if tokenizer.vocab_size != vocab_size:
+    tokenizer = open_tokenizer(model_path)
+    if isinstance(tokenizer, HFTokenizer) and not fits_vocab(tokenizer, vocab_size):
+        raise ValueError(f"tokenizer {model_path} has {tokenizer.vocab_size} ids, more than the vocab_size "
+                         f"{vocab_size} asked for: set vocab_size to at least {tokenizer.vocab_size}")
+    if not fits_vocab(tokenizer, vocab_size):
         raise ValueError(f"tokenizer {model_path} has vocab_size {tokenizer.vocab_size} but "
                          f"{vocab_size} was asked for: set vocab_size={tokenizer.vocab_size} "
                          "or delete the file to train a new one")

@@ -32,9 +32,11 @@ Parameter names (path in `BertMLM`: names; `layers` leads every stacked paramete
                same names, no new rules
     None       the row axis of the position and token-type tables
 
-Activation names: act_batch, act_length, act_embed, act_heads, act_kv_heads,
+Activation names: act_batch, act_length, act_kv_length, act_embed, act_heads, act_kv_heads,
 act_head_dim, act_mlp, act_vocab (act_vocab also lays out the word table for the
-embedding lookup, whose `embed` axis is gathered whole first). Constraints apply only while both a mesh
+embedding lookup, whose `embed` axis is gathered whole first). act_kv_length is the
+length of keys and values as attention reads them (and of the KV cache): whole, where
+act_length may be split over a sequence axis. Constraints apply only while both a mesh
 (`jax.set_mesh`) and rules (`nnx.logical_axis_rules`) are active at trace time; without
 them the model runs on one device with no context at all.
 

@@ -27,7 +27,8 @@ class EncoderBlock(nnx.Module):
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         self.attention = Attention(
             cfg.hidden, cfg.num_heads, cfg.resolved_head_dim, causal=False,
-            dropout_rate=cfg.attention_dropout, init_std=cfg.init_std, dtype=dtype,
+            dropout_rate=cfg.attention_dropout, init_std=cfg.init_std,
+            attention_impl=cfg.attention_impl, max_segments=cfg.max_segments_per_row, dtype=dtype,
             param_dtype=param_dtype, rngs=rngs)
         self.attention_norm = LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps, dtype=dtype,
                                         param_dtype=param_dtype, rngs=rngs)
@@ -57,10 +58,12 @@ class DecoderBlock(nnx.Module):
         self.attention = Attention(
             cfg.hidden, cfg.num_heads, cfg.resolved_head_dim, num_kv_heads=cfg.resolved_kv_heads,
             causal=True, dropout_rate=cfg.attention_dropout, init_std=cfg.init_std, use_bias=False,
-            rope_theta=cfg.rope_theta, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+            rope_theta=cfg.rope_theta, attention_impl=cfg.attention_impl,
+            max_segments=cfg.max_segments_per_row, dtype=dtype, param_dtype=param_dtype, lora_cfg=cfg.lora,
+            rngs=rngs)
         self.mlp_norm = RMSNorm(cfg.hidden, **norm)
         self.mlp = Mlp(cfg.hidden, cfg.mlp_dim, init_std=cfg.init_std, gated=True, use_bias=False,
-                       dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                       dtype=dtype, param_dtype=param_dtype, lora_cfg=cfg.lora, rngs=rngs)
         self.dropout_rate = cfg.dropout
         self.dtype = dtype
 
@@ -70,7 +73,7 @@ class DecoderBlock(nnx.Module):
         h, k, v = self.attention.attend_with_kv(
             self.attention_norm(x), segment_ids, positions=positions, dropout_key=site_key(dropout_key, 0))
         x = _add(x, dropout(h, self.dropout_rate, site_key(dropout_key, 1)))
-        return self._mlp_residual(x, site_key(dropout_key, 2)), k, v
+        return self._mlp_residual(x, site_key(dropout_key, 2), site_key(dropout_key, 3)), k, v
 
     def decode(self, x: jax.Array, positions: jax.Array, cache_k: jax.Array, cache_v: jax.Array,
                index: jax.Array, key_mask: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -83,6 +86,6 @@ class DecoderBlock(nnx.Module):
         cache_k, cache_v = write_cache(cache_k, cache_v, k, v, index, after=out)
         return self._mlp_residual(x, None), cache_k, cache_v
 
-    def _mlp_residual(self, x: jax.Array, key: jax.Array | None) -> jax.Array:
-        x = _add(x, dropout(self.mlp(self.mlp_norm(x)), self.dropout_rate, key))
+    def _mlp_residual(self, x: jax.Array, key: jax.Array | None, adapter_key: jax.Array | None = None) -> jax.Array:
+        x = _add(x, dropout(self.mlp(self.mlp_norm(x), adapter_key), self.dropout_rate, key))
         return constrain(x, ("act_batch", "act_length", "act_embed"))

@@ -1,8 +1,27 @@
-"""Architecture hyperparameters shared by every model in the family."""
+"""Architecture hyperparameters shared by every model in the family, and the attention kernels' limits."""
 
 from __future__ import annotations
 
 import dataclasses
+
+ATTENTION_IMPLS = ("auto", "xla", "splash", "cudnn")
+# cuDNN's flash attention: the dtypes it computes in and (Hopper and later) its largest head dim.
+CUDNN_DTYPES = ("bfloat16", "float16")
+CUDNN_MAX_HEAD_DIM = 256
+
+# Projections that can carry a LoRA adapter (model/lora.py): attention's query, key, value and
+# output, the MLP's gate, up and down (PEFT's q_proj ... down_proj).
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+@dataclasses.dataclass
+class LoraConfig:
+    """Low-rank adapters beside frozen base weights; rank 0 (the default) means none: every weight trains."""
+
+    rank: int = 0
+    alpha: float = 16.0  # updates are scaled by alpha / rank (PEFT's lora_alpha)
+    dropout: float = 0.0  # on each adapter's input, in training only
+    targets: tuple[str, ...] = LORA_TARGETS  # any of LORA_TARGETS; all linear layers by default (QLoRA's advice)
 
 
 @dataclasses.dataclass
@@ -24,12 +43,17 @@ class ModelConfig:
     param_dtype: str = "float32"
     remat: str = "none"  # backward-pass recompute per block: none | full | dots (keep matmul outputs)
     scan_layers: bool = True  # one nnx.scan over the stacked layers (compile time flat in depth)
+    # Which attention kernel (model/attention.py `attention_backend`): auto picks Splash on TPU,
+    # cuDNN on GPU and the XLA einsum path elsewhere (or where a fused kernel cannot run this model).
+    attention_impl: str = "auto"  # auto | xla | splash | cudnn
+    max_segments_per_row: int = 32  # cudnn only: the most documents a packed row may hold (its static bound)
     # The decoder family (defaults keep the BERT layout): llama = pre-RMSNorm blocks, RoPE,
     # SwiGLU MLP, no biases, causal attention, next-token head. layer_norm_eps is the RMS eps.
     arch: str = "bert"  # bert | llama
     num_kv_heads: int = 0  # 0: num_heads; fewer gives grouped-query attention
     rope_theta: float = 10000.0  # RoPE base (llama)
     tie_embeddings: bool = True  # llama: logits on the word table, else a separate lm_head
+    lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)  # adapters (llama); rank 0: none
 
     @property
     def resolved_head_dim(self) -> int:
@@ -38,3 +62,14 @@ class ModelConfig:
     @property
     def resolved_kv_heads(self) -> int:
         return self.num_kv_heads or self.num_heads
+
+
+def cudnn_misfit(dtype: str, head_dim: int, length_sharded: bool) -> str | None:
+    """Why cuDNN's flash attention cannot run a model with these numbers (None: it can)."""
+    if str(dtype) not in CUDNN_DTYPES:
+        return f"cuDNN attention computes in {' or '.join(CUDNN_DTYPES)} only, not {dtype}"
+    if head_dim % 8 or head_dim > CUDNN_MAX_HEAD_DIM:
+        return f"cuDNN attention needs a head dim that is a multiple of 8 up to {CUDNN_MAX_HEAD_DIM}, not {head_dim}"
+    if length_sharded:
+        return "cuDNN attention splits the batch and the heads over devices, not the length"
+    return None

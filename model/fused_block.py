@@ -14,8 +14,9 @@ step that form reads weights ~1.7x faster than `x W` with [in, out] kernels (and
 at 1 row); `x W^T` with the same [out, in] kernels sits in between, and a kernel whose
 contracted axis is not its last one gets a transposing copy per step.
 `FusedDecoderBlock(block, weights)` builds it from a trained `DecoderBlock` (the same
-numbers, regrouped, held in `weights`); training never sees this layout. The decoder holds
-its output projection (the tied word table or an untied LM head) the same way.
+numbers, regrouped, with any LoRA adapters merged into their kernels, held in `weights`);
+training never sees this layout. The decoder holds its output projection (the tied word
+table or an untied LM head) the same way.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from model.attention import attention_mask, cached_attention, dot_product_attention
+from model.attention import cached_attention, self_attention
 from model.block import DecoderBlock
-from model.kv_cache import write_cache
-from model.rope import apply_rope
 from model.decode_kernels import DecodeKernel, compute_dtype
+from model.kv_cache import write_cache
+from model.lora import merged_kernel
+from model.rope import apply_rope
 from model.sharding import constrain
 
 
@@ -37,7 +39,7 @@ class FusedDecoderBlock(nnx.Module):
 
     def __init__(self, block: DecoderBlock, weights: str = "float32"):
         attention, mlp = block.attention, block.mlp
-        q, k, v = (p.kernel[...] for p in (attention.query, attention.key, attention.value))  # [D, heads, Dh]
+        q, k, v = (merged_kernel(p) for p in (attention.query, attention.key, attention.value))  # [D, heads, Dh]
         hidden, num_heads, head_dim = q.shape
         num_kv_heads = k.shape[1]
         grouped = q.reshape(hidden, num_kv_heads, num_heads // num_kv_heads, head_dim)
@@ -45,22 +47,25 @@ class FusedDecoderBlock(nnx.Module):
         kv_name = "kv_heads" if num_kv_heads != num_heads else "heads"
         self.qkv = DecodeKernel(jnp.transpose(qkv, (1, 2, 3, 0)), (kv_name, None, "head_dim", "embed"), 1,
                                 weights)  # [K, G+2, Dh, D]
-        self.out = DecodeKernel(jnp.transpose(attention.out.kernel[...], (2, 0, 1)), ("embed", "heads", "head_dim"),
-                                2, weights)
-        self.gate_up = DecodeKernel(jnp.stack([mlp.gate.kernel[...].T, mlp.up.kernel[...].T]), (None, "mlp", "embed"),
-                                    1, weights)
-        self.down = DecodeKernel(mlp.down.kernel[...].T, ("embed", "mlp"), 1, weights)
+        self.out = DecodeKernel(jnp.transpose(merged_kernel(attention.out), (2, 0, 1)),
+                                ("embed", "heads", "head_dim"), 2, weights)
+        self.gate_up = DecodeKernel(jnp.stack([merged_kernel(mlp.gate).T, merged_kernel(mlp.up).T]),
+                                    (None, "mlp", "embed"), 1, weights)
+        self.down = DecodeKernel(merged_kernel(mlp.down).T, ("embed", "mlp"), 1, weights)
         self.attention_norm, self.mlp_norm = block.attention_norm, block.mlp_norm
         self.kv_act_name = attention.kv_act_name
+        self.attention_impl, self.max_segments = attention.attention_impl, attention.max_segments
         self.rope_theta = attention.rope_theta
 
     def __call__(self, x: jax.Array, segment_ids: jax.Array, positions: jax.Array, *,
                  dropout_key: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """As `DecoderBlock.__call__` (no dropout in this layout): (x, keys, values [B, L, K, D])."""
+        """As `DecoderBlock.__call__` (no dropout in this layout; a prefill runs the fused kernel
+        where the platform has one): (x, keys, values [B, L, K, D])."""
         del dropout_key
         q, k, v = self._project(x, positions)
-        mask = attention_mask(segment_ids, segment_ids, causal=True)
-        return self._mlp_residual(self._residual_attention(x, dot_product_attention(q, k, v, mask))), k, v
+        out = self_attention(q, k, v, segment_ids, causal=True, impl=self.attention_impl,
+                             max_segments=self.max_segments, kv_heads_name=self.kv_act_name)
+        return self._mlp_residual(self._residual_attention(x, out)), k, v
 
     def decode(self, x: jax.Array, positions: jax.Array, cache_k: jax.Array, cache_v: jax.Array,
                index: jax.Array, key_mask: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:

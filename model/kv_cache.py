@@ -39,7 +39,8 @@ KVCache = dict[str, list[jax.Array]]
 
 # Each layer's cache array, by axis: b batch, k kv heads, s slots (length), d head_dim.
 LAYOUT = {"k": "bkds", "v": "bksd"}
-_NAMES = {"b": "act_batch", "s": "act_length", "d": "act_head_dim"}
+# The slots stay whole along a sequence mesh axis: every decode step reads all of them.
+_NAMES = {"b": "act_batch", "s": "act_kv_length", "d": "act_head_dim"}
 
 
 def cache_logical_names(cfg: ModelConfig) -> dict[str, tuple[str | None, ...]]:

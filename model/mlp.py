@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from model import precision
+from model import lora, precision
+from model.config import LoraConfig
 from model.sharding import constrain, param_init
 
 
@@ -14,12 +15,13 @@ class Mlp(nnx.Module):
     """hidden -> mlp_dim -> hidden: exact (erf) GELU with biases, or gated SiLU (SwiGLU).
 
     With `gated`, a third projection `gate` multiplies silu(gate(x)) into up(x), as HF
-    Llama's gate_proj / up_proj / down_proj.
+    Llama's gate_proj / up_proj / down_proj. `lora_cfg` gives the projections it targets
+    (gate, up, down) an adapter (model/lora.py).
     """
 
     def __init__(self, hidden: int, mlp_dim: int, *, init_std: float = 0.02, gated: bool = False,
                  use_bias: bool = True, dtype: jnp.dtype = jnp.float32,
-                 param_dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+                 param_dtype: jnp.dtype = jnp.float32, lora_cfg: LoraConfig | None = None, rngs: nnx.Rngs):
         normal = nnx.initializers.normal(init_std)
         zeros = nnx.initializers.zeros_init()
 
@@ -32,17 +34,28 @@ class Mlp(nnx.Module):
             self.gate = linear(hidden, mlp_dim, ("embed", "mlp"))
         self.up = linear(hidden, mlp_dim, ("embed", "mlp"))
         self.down = linear(mlp_dim, hidden, ("mlp", "embed"))
+        if lora_cfg is not None and lora_cfg.rank:
+            names = {"up": (self.up, ("embed",), ("mlp",)), "down": (self.down, ("mlp",), ("embed",))}
+            if gated:
+                names["gate"] = (self.gate, ("embed",), ("mlp",))
+            for target in lora_cfg.targets:
+                if target in names:
+                    lora.attach(*names[target], lora_cfg, rngs)
         self.gated = gated
         self.dtype = dtype
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """x [B, L, hidden] -> [B, L, hidden]; the activation in float32 (HF's "gelu" is the erf form)."""
+    def __call__(self, x: jax.Array, adapter_key: jax.Array | None = None) -> jax.Array:
+        """x [B, L, hidden] -> [B, L, hidden]; the activation in float32 (HF's "gelu" is the erf form).
+
+        `adapter_key` keys the LoRA adapters' input dropout (training only).
+        """
+        up = lora.project(self.up, x, adapter_key, 1).astype(jnp.float32)
         if self.gated:
-            h = jax.nn.silu(self.gate(x).astype(jnp.float32)) * self.up(x).astype(jnp.float32)
+            h = jax.nn.silu(lora.project(self.gate, x, adapter_key, 0).astype(jnp.float32)) * up
         else:
-            h = gelu(self.up(x).astype(jnp.float32))
+            h = gelu(up)
         h = constrain(h.astype(self.dtype), ("act_batch", "act_length", "act_mlp"))
-        return constrain(self.down(h), ("act_batch", "act_length", "act_embed"))
+        return constrain(lora.project(self.down, h, adapter_key, 2), ("act_batch", "act_length", "act_embed"))
 
 
 def gelu(x: jax.Array) -> jax.Array:

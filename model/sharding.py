@@ -64,3 +64,22 @@ def check_rules_cover(names: LogicalNames) -> None:
 def constrain(x: jax.Array, names: LogicalNames) -> jax.Array:
     """Pins an activation's layout by logical names; a no-op without rules or a mesh."""
     return linen_spmd.with_logical_constraint(x, names)
+
+
+def logical_spec(names: LogicalNames) -> jax.sharding.PartitionSpec | None:
+    """The mesh axes the active rules give `names`, or None when no mesh and rules are active."""
+    if not (mesh_is_set() and core_spmd.get_logical_axis_rules()):
+        return None
+    return linen_spmd.logical_to_mesh_axes(names)
+
+
+def mesh_axes_size(entry: str | tuple[str, ...] | None) -> int:
+    """How many ways one PartitionSpec entry splits a dimension on the active mesh."""
+    if entry is None:
+        return 1
+    shape = jax.sharding.get_abstract_mesh().shape
+    names = (entry,) if isinstance(entry, str) else entry
+    size = 1
+    for name in names:
+        size *= shape[name]
+    return size

@@ -33,62 +33,113 @@ parse_launcher_args() {
 
 free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-# ./launch.sh local --processes=N [--devices_per_process=K] [--dry-run] -- job args
+# ./launch.sh local --processes=N [--devices_per_process=K] [--grace=S] [--dry-run] -- job args
 # N processes on this machine joined over loopback; on CPU each simulates K devices
-# (default 8/N). Output lines are prefixed [pI]; the first failure stops the rest.
+# (default 8/N). Output lines are prefixed [pI]. When one fails (or the launcher gets
+# SIGINT/SIGTERM), the others get SIGTERM, then SIGKILL if still running S seconds later
+# (default 30; they normally stop by themselves within seconds: train/peers.py).
 launch_local() {
   parse_launcher_args "$@"
-  local processes=2 devices="" opt
+  local processes=2 devices="" grace=30 opt
   for opt in ${OPTS[@]+"${OPTS[@]}"}; do
     case "$opt" in
       --processes=*) processes="${opt#*=}" ;;
       --devices_per_process=*) devices="${opt#*=}" ;;
-      *) die "local: unknown option '$opt'; accepted: --processes=N --devices_per_process=K --module=M --dry-run" ;;
+      --grace=*) grace="${opt#*=}" ;;
+      *) die "local: unknown option '$opt'; accepted: --processes=N --devices_per_process=K --grace=S --module=M --dry-run" ;;
     esac
   done
   [[ "$processes" =~ ^[1-9][0-9]*$ ]] || die "local: --processes=$processes; accepted: an integer >= 1"
+  [[ "$grace" =~ ^[0-9]+$ ]] || die "local: --grace=$grace; accepted: seconds, an integer >= 0"
   devices="${devices:-$(( 8 / processes > 0 ? 8 / processes : 1 ))}"
   [[ "$DRY_RUN" == 1 ]] || ensure_venv ""
   local port; port="$(free_port)"
   local flags="${XLA_FLAGS:-} --xla_force_host_platform_device_count=$devices"
-  local i pids=()
+  local i pids=() prefixers=() out
   for (( i = 0; i < processes; i++ )); do
     local cmd=(env "XLA_FLAGS=${flags# }" MESHLM_COORDINATOR="127.0.0.1:$port"
                MESHLM_NUM_PROCESSES="$processes" MESHLM_PROCESS_ID="$i"
                "$PY" -m "$MODULE" ${JOB_ARGS[@]+"${JOB_ARGS[@]}"})
     if [[ "$DRY_RUN" == 1 ]]; then show_cmd "${cmd[@]}"; continue; fi
-    "${cmd[@]}" > >(sed -u "s/^/[p$i] /") 2>&1 &
+    exec {out}> >(sed -u "s/^/[p$i] /")
+    prefixers+=($!)
+    "${cmd[@]}" >&"$out" 2>&1 &
     pids+=($!)
+    exec {out}>&-
+    echo "launch.sh: process $i: pid $!" >&2
   done
   [[ "$DRY_RUN" == 1 ]] && return 0
-  local status=0 pid
-  for (( i = 0; i < processes; i++ )); do
-    if ! wait -n "${pids[@]}"; then
-      status=1
-      echo "launch.sh: a process failed; stopping the others" >&2
-      for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-      break
-    fi
+  STOP_AT=""
+  trap 'stop_processes "$grace" "launch.sh: interrupted"' INT TERM
+  local status=0 alive code ended
+  exec 3>&2  # bash reports each killed process on stderr: not needed, the loop says what happened
+  {
+    while :; do
+      alive=0 ended=()
+      for (( i = 0; i < processes; i++ )); do
+        [[ -n "${pids[i]}" ]] || continue
+        if kill -0 "${pids[i]}" 2>/dev/null; then alive=$(( alive + 1 )); continue; fi
+        code=0; wait "${pids[i]}" 2>/dev/null || code=$?
+        pids[i]=""
+        (( code == 0 )) || ended+=("$code:$i")
+      done
+      # The first failure is the cause; if several processes ended together, one that did not
+      # stop because a peer died (status 75, train/peers.py) is the cause.
+      if (( ${#ended[@]} > 0 && status == 0 )); then
+        local cause="${ended[0]}" entry
+        for entry in "${ended[@]}"; do [[ "${entry%%:*}" == 75 ]] || { cause="$entry"; break; }; done
+        status="${cause%%:*}"
+        stop_processes "$grace" "launch.sh: process ${cause#*:} exited with status $status"
+      fi
+      (( alive > 0 )) || break
+      if [[ -n "$STOP_AT" ]] && (( SECONDS >= STOP_AT )); then
+        echo "launch.sh: processes still running ${grace}s after SIGTERM; sending SIGKILL" >&3
+        for i in "${!pids[@]}"; do [[ -z "${pids[i]}" ]] || kill -KILL "${pids[i]}" 2>/dev/null || true; done
+        STOP_AT=""
+      fi
+      sleep 0.2
+    done
+  } 2>/dev/null
+  trap - INT TERM
+  # The prefixers end when the last writer (a process, or its stderr relay) is gone.
+  local deadline=$(( SECONDS + 10 ))
+  for i in "${prefixers[@]}"; do
+    while kill -0 "$i" 2>/dev/null && (( SECONDS < deadline )); do sleep 0.05; done
   done
-  wait 2>/dev/null || true  # the output prefixers
   return "$status"
 }
 
-# ./launch.sh tpu --name=NAME --zone=ZONE [--project=P] [--dry-run] -- job args
+# Sends SIGTERM to the local job's running processes (pids) once and arms the SIGKILL deadline;
+# says so on fd 3 (the launcher's stderr).
+stop_processes() {
+  [[ -z "$STOP_AT" ]] || return 0
+  STOP_AT=$(( SECONDS + $1 ))
+  local pid running=()
+  for pid in "${pids[@]}"; do [[ -z "$pid" ]] || ! kill -0 "$pid" 2>/dev/null || running+=("$pid"); done
+  if (( ${#running[@]} == 0 )); then echo "$2" >&3; return 0; fi
+  echo "$2; stopping the others (SIGTERM, then SIGKILL after $1s)" >&3
+  for pid in "${running[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+}
+
+# ./launch.sh tpu --name=NAME --zone=ZONE [--project=P] [--grace=S] [--dry-run] -- job args
 # Copies this checkout to every worker of a Cloud TPU VM, installs the venv there (with
 # the tpu extra) and runs the same command on all workers; worker 0 streams its output,
-# the others write ~/meshlm/worker.log.
+# the others write ~/meshlm/worker.log. Each worker's process runs under
+# scripts/supervise.sh: when its ssh session ends (Ctrl-C here) it gets SIGTERM, then
+# SIGKILL S seconds later (default 30), so no process is left holding the TPU.
 launch_tpu() {
   parse_launcher_args "$@"
-  local name="" zone="" project="" opt
+  local name="" zone="" project="" grace=30 opt
   for opt in ${OPTS[@]+"${OPTS[@]}"}; do
     case "$opt" in
       --name=*) name="${opt#*=}" ;;
       --zone=*) zone="${opt#*=}" ;;
       --project=*) project="${opt#*=}" ;;
-      *) die "tpu: unknown option '$opt'; accepted: --name= --zone= --project= --module= --dry-run" ;;
+      --grace=*) grace="${opt#*=}" ;;
+      *) die "tpu: unknown option '$opt'; accepted: --name= --zone= --project= --grace= --module= --dry-run" ;;
     esac
   done
+  [[ "$grace" =~ ^[0-9]+$ ]] || die "tpu: --grace=$grace; accepted: seconds, an integer >= 0"
   [[ -n "$name" && -n "$zone" ]] || die "tpu: --name=NAME and --zone=ZONE are required"
   local where=(--zone="$zone" --worker=all)
   [[ -n "$project" ]] && where+=(--project="$project")
@@ -96,7 +147,8 @@ launch_tpu() {
   run_or_show tar -czf "$tarball" -C "$ROOT" --exclude=./.venv --exclude=./.cache --exclude=./.git \
     --exclude=./workdirs .
   run_or_show gcloud compute tpus tpu-vm scp "$tarball" "$name:meshlm.tar.gz" "${where[@]}"
-  local job; job="$(show_cmd ./launch.sh run "$MODULE" ${JOB_ARGS[@]+"${JOB_ARGS[@]}"})"
+  local job
+  job="$(show_cmd scripts/supervise.sh --grace="$grace" -- ./launch.sh run "$MODULE" ${JOB_ARGS[@]+"${JOB_ARGS[@]}"})"
   # The worker number comes from the TPU metadata server; only worker 0 streams.
   local remote="set -e; mkdir -p ~/meshlm && tar -xzf ~/meshlm.tar.gz -C ~/meshlm && cd ~/meshlm"
   remote+="; export MESHLM_EXTRAS=tpu MESHLM_DISTRIBUTED=auto"
@@ -106,13 +158,15 @@ launch_tpu() {
 }
 
 # ./launch.sh slurm [--nodes=N] [--gpus_per_node=G] [--partition=P] [--time=T]
-#                   [--account=A] [--script=PATH] [--dry-run] -- job args
+#                   [--account=A] [--script=PATH] [--grace=S] [--dry-run] -- job args
 # Writes an sbatch script (one task per node, all its GPUs) whose srun runs the job on
 # every node; train/distributed.py maps SLURM's variables to jax.distributed. The venv
 # is built here first (a shared filesystem is assumed), then the script is submitted.
+# srun --kill-on-bad-exit stops the step when a task fails, and each task runs under
+# scripts/supervise.sh, which turns SLURM's SIGTERM into SIGKILL after S seconds (default 30).
 launch_slurm() {
   parse_launcher_args "$@"
-  local nodes=1 gpus=8 partition="" time="" account="" script="" opt
+  local nodes=1 gpus=8 partition="" time="" account="" script="" grace=30 opt
   for opt in ${OPTS[@]+"${OPTS[@]}"}; do
     case "$opt" in
       --nodes=*) nodes="${opt#*=}" ;;
@@ -121,9 +175,11 @@ launch_slurm() {
       --time=*) time="${opt#*=}" ;;
       --account=*) account="${opt#*=}" ;;
       --script=*) script="${opt#*=}" ;;
-      *) die "slurm: unknown option '$opt'; accepted: --nodes= --gpus_per_node= --partition= --time= --account= --script= --module= --dry-run" ;;
+      --grace=*) grace="${opt#*=}" ;;
+      *) die "slurm: unknown option '$opt'; accepted: --nodes= --gpus_per_node= --partition= --time= --account= --script= --grace= --module= --dry-run" ;;
     esac
   done
+  [[ "$grace" =~ ^[0-9]+$ ]] || die "slurm: --grace=$grace; accepted: seconds, an integer >= 0"
   [[ "$nodes" =~ ^[1-9][0-9]*$ ]] || die "slurm: --nodes=$nodes; accepted: an integer >= 1"
   script="${script:-$ROOT/workdirs/slurm/meshlm-$(date +%Y%m%d-%H%M%S).sbatch}"
   local body
@@ -140,7 +196,7 @@ ${partition:+#SBATCH --partition=$partition
 cd $(printf '%q' "$ROOT")
 export PYTHONPATH=$(printf '%q' "$ROOT")
 # One process per node; SLURM_NTASKS, SLURM_PROCID, SLURM_STEP_NODELIST -> jax.distributed.
-srun $(show_cmd "$PY" -m "$MODULE" ${JOB_ARGS[@]+"${JOB_ARGS[@]}"})"
+srun --kill-on-bad-exit=1 $(show_cmd "$ROOT/scripts/supervise.sh" --grace="$grace" -- "$PY" -m "$MODULE" ${JOB_ARGS[@]+"${JOB_ARGS[@]}"})"
   if [[ "$DRY_RUN" == 1 ]]; then
     echo "# $script"
     echo "$body"

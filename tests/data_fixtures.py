@@ -70,3 +70,49 @@ def small_store_tokenizer(tmp_path_factory) -> Tokenizer:
         text.write_text("\n".join(docs) + "\n", encoding="utf-8")
         return load_or_train_tokenizer(model, text, vocab_size=120, model_type="bpe")
     return Tokenizer(model)
+
+
+BOS, EOS = "<|begin_of_text|>", "<|end_of_text|>"
+
+
+def byte_level_bpe_folder(tmp_path_factory, vocab_size: int = 400) -> pathlib.Path:
+    """A Llama-3-style tokenizer (byte-level BPE, bos/eos, no pad) trained on small_corpus, once per session.
+
+    The folder holds what a Hugging Face model folder holds for it: tokenizer.json (with
+    the post-processor that prepends bos) and tokenizer_config.json naming bos and eos.
+    """
+    import tokenizers
+    from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+
+    folder = shared_dir(tmp_path_factory) / f"byte-bpe-{vocab_size}"
+    if (folder / "tokenizer_config.json").is_file():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = tokenizers.Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[BOS, EOS], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train([str(small_corpus(tmp_path_factory).train)], trainer)
+    tok.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B",
+                                      special_tokens=[(BOS, tok.token_to_id(BOS))])])
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": BOS, "eos_token": EOS,
+         "model_max_length": 64}))
+    return folder
+
+
+# Texts a tokenizer must get right: whitespace runs, unicode, digits, [MASK] at the start, the
+# end and beside punctuation, literal [CLS]/[SEP], the empty string.
+VARIED_TEXTS = [
+    "", " ", "   ", "Return the number of items in the list.", "  leading and   inner   spaces  ",
+    "tabs\tand\nnew\r\nlines\t", "123 4567 89.01 3,000,000 1e-5 0x1F v2.0.1", "café naïve résumé Ωmega straße",
+    "日本語のテキスト and 中文", "emoji 🙂👍 ok", "full－width ＡＢＣ １２３", "nbsp\u00a0and\u3000ideographic",
+    "combining e\u0301 vs é", "[MASK]", "[MASK] starts it.", "It ends with [MASK]", "Let there be [MASK]: and",
+    "a [MASK], b [MASK].", "([MASK])", "[MASK][MASK]", "a [MASK] [MASK] b", "x[MASK]y", "  [MASK]  ",
+    "end.[MASK]", '"[MASK]"', "[MASK]!?", "[CLS] a [SEP] b", "a [SEP]", "[mask] is not a mask",
+    "def f(x):\n    return x ** 2  # comment", "see http://example.com/a_b?c=d&e=f", "ok...!!!???",
+]

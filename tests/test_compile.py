@@ -52,7 +52,30 @@ def test_sharded_train_step_compiles_without_full_rematerialization(capfd):
     config.mesh.shape = (2, 2, 2)
     jax.config.update("jax_enable_compilation_cache", False)  # a cache hit would not compile
     try:
-        memory_report(config)
+        memory_report(config, saved=False)
     finally:
         jax.config.update("jax_enable_compilation_cache", True)
     assert "rematerialization" not in capfd.readouterr().err.lower()
+
+
+def test_dry_run_reports_the_attention_share_of_what_remat_keeps():
+    """remat=dots keeps matmul outputs: on the XLA path that includes every layer's [L, L] scores;
+    one layer's scores and probabilities are sized per device."""
+    import dataclasses
+
+    from tests.train_fixtures import tiny_config
+    from train.preflight import format_report, memory_report
+
+    config = tiny_config(batch_size=8)
+    config.model = dataclasses.replace(config.model, arch="llama", num_kv_heads=2, max_len=64, remat="dots")
+    config.data.seq_len = 64
+    config.mesh.shape = (2, 2, 2)
+    report = memory_report(config)
+    assert report["attention_kernel"] == "xla"
+    # per layer: float32 scores [B, kv heads, group, L, L]: 2 rows (of 8 over data*fsdp) x 2 heads (of 4 over tensor)
+    scores = 4 * 2 * 2 * 64 * 64
+    assert report["saved_attention"] >= config.model.num_layers * scores
+    assert report["saved_activations"] > report["saved_attention"]  # the layers' other matmul outputs
+    assert report["layer_scores"] == 2 * scores  # scores and probabilities
+    text = format_report(config, report)
+    assert "under model.remat=dots" in text and "<- attention [L, L]" in text, text

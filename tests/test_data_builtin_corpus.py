@@ -7,7 +7,7 @@ import pytest
 
 from data import builtin_corpus as corpus_module
 from data.builtin_corpus import builtin_corpus, corpus_distributions, read_documents, source_files
-from data.documents import is_validation
+from data.documents import DataError, is_validation
 from data.docstrings import MAX_DOC_BYTES, docstring_documents, file_documents
 from tests.data_fixtures import SMALL_CORPUS_BYTES, small_corpus
 
@@ -149,14 +149,17 @@ def test_builds_are_deterministic_and_a_smaller_cap_is_a_prefix(corpus, tmp_path
     assert read_documents(corpus.train)[:len(small_docs)] == small_docs
 
 
-def test_the_cache_is_reused_and_leaves_no_temporary_folders(tmp_path):
+def test_the_cache_is_reused_checked_and_leaves_no_temporary_folders(tmp_path):
     first = builtin_corpus(tmp_path, max_bytes=20_000)
-    with open(first.train, "a", encoding="utf-8") as f:
-        f.write("a sentinel line that only exists if the cached corpus was reused as is\n")
+    written = first.train.stat()
     second = builtin_corpus(tmp_path, max_bytes=20_000)
     assert second == first
-    assert read_documents(second.train)[-1].startswith("a sentinel line")
+    assert (first.train.stat().st_ino, first.train.stat().st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
     assert [p.name for p in tmp_path.iterdir()] == [first.train.parent.name]
+    with open(first.train, "a", encoding="utf-8") as f:  # the cache is checked, not trusted
+        f.write("a line that was never part of the corpus\n")
+    with pytest.raises(DataError, match=f"{first.train} is damaged .* sha256 recorded in .*info.json"):
+        builtin_corpus(tmp_path, max_bytes=20_000)
 
 
 def test_bad_arguments_are_clear_errors(tmp_path):

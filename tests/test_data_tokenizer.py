@@ -81,9 +81,9 @@ def test_training_is_deterministic_and_seeded(corpus, tmp_path):
     assert train("c.model", 1) != train("a.model", 0)
 
 
-def test_training_writes_only_the_model_and_vocab(corpus, tmp_path):
+def test_training_writes_only_the_model_vocab_and_hash(corpus, tmp_path):
     train_tokenizer(corpus.train, tmp_path / "tok.model", vocab_size=300, model_type="bpe")
-    assert sorted(os.listdir(tmp_path)) == ["tok.model", "tok.vocab"]
+    assert sorted(os.listdir(tmp_path)) == ["tok.model", "tok.model.sha256", "tok.vocab"]
 
 
 @pytest.mark.parametrize("model_type", ["bpe", "char"])

@@ -80,6 +80,23 @@ def test_greedy_with_cache_equals_recompute(tied):
         assert row == _greedy_by_recompute(host_params, prompt, cfg)
 
 
+@pytest.mark.slow
+def test_cached_decoding_at_8k_tokens_equals_recompute():
+    """An 8000-token prompt (left-padded to 8192) prefilled through Splash (interpreted), then
+    cached decode steps over 8k+ slots, gives the greedy tokens of full forward passes (Splash
+    too, equal to the XLA path by tests/test_attention_kernels.py: no [L, L] array here)."""
+    cfg = dataclasses.replace(CFG, max_len=8192, attention_impl="splash")
+    params, generate = _generator((1, 1, 1), jax.devices()[:1], cfg)
+    prompt = [int(t) for t in np.random.default_rng(0).integers(5, 64, 8000)]
+    prompts = left_pad([prompt], 8192, PAD)
+    got = _rows(generate(params, prompts.tokens, prompts.lengths, max_new_tokens=6))[0]
+    graphdef = nnx.graphdef(model_factory(cfg)(0))
+    ids = jnp.asarray([prompt + got[:-1]], jnp.int32)
+    logits = jax.jit(lambda p, ids: nnx.merge(graphdef, p)(ids, jnp.ones_like(ids), jnp.arange(ids.shape[1])[None]))(
+        params, ids)
+    assert len(got) == 6 and got == np.asarray(jnp.argmax(logits[0, len(prompt) - 1:], -1)).tolist()
+
+
 def test_eight_devices_equal_one_device():
     prompts = left_pad(PROMPTS * 2, 8, PAD)
     runs = []
@@ -164,3 +181,18 @@ def test_beam_search_width_one_is_greedy_and_wider_beams_score_higher():
     for prompt, g, b, lp in zip(PROMPTS, greedy, _rows(wide), np.asarray(wide["log_prob"])):
         assert _sequence_log_prob(host, prompt, b) == pytest.approx(float(lp), abs=1e-3)
         assert float(lp) >= _sequence_log_prob(host, prompt, g) - 1e-4
+
+
+def test_a_stop_sequence_ends_its_row_early_and_leaves_the_others_alone():
+    params, generate = _generator((1, 1, 1), jax.devices()[:1])
+    prompts = left_pad(PROMPTS, 8, PAD)
+    greedy = _rows(generate(params, prompts.tokens, prompts.lengths))
+    stop = greedy[0][2:4]  # two tokens inside row 0's greedy output
+    stops = np.full((4, 4), -1, np.int32)
+    stops[0, -2:] = stop
+    stops[1, -3:] = [EOS + 100, EOS + 101, EOS + 102]  # a sequence never generated
+    got = _rows(generate(params, prompts.tokens, prompts.lengths, stops=stops))
+    for want, row in zip(greedy, got):
+        ends = [k + 2 for k in range(1, len(want) - 1) if want[k:k + 2] == stop]  # not as the first token
+        assert row == (want[:ends[0]] if ends else want)
+    assert got[0] == greedy[0][:4]

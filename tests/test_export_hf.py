@@ -108,10 +108,12 @@ def test_unsupported_settings_are_refused_in_one_line(trained, tmp_path):
 
 
 def test_tokenizer_files_load_with_auto_tokenizer(trained, tmp_path):
-    """Best effort made real: AutoTokenizer builds the exported sentencepiece tokenizer offline."""
+    """AutoTokenizer loads the export's tokenizer.json as a fast tokenizer (tests/test_handoff_transformers.py
+    holds the full comparison, without sentencepiece installed)."""
     workdir, _, _, tokenizer = trained
     export_hf(CheckpointParams(workdir), tmp_path / "hf")
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert hf_tokenizer.is_fast and (tmp_path / "hf" / "tokenizer.json").is_file()
     text = "Return the number of items in the list."
     assert hf_tokenizer(text, add_special_tokens=False)["input_ids"] == tokenizer.encode(text)
     assert hf_tokenizer.mask_token_id == tokenizer.mask_id and hf_tokenizer.pad_token_id == tokenizer.pad_id

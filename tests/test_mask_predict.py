@@ -43,7 +43,26 @@ def test_mask_predict_fills_only_the_span_and_one_pass_is_argmax():
     assert not np.isin(out[span], SPECIALS).any()
     one = np.asarray(run(params, to_global(batch, mesh), span, 1))
     masked = {**batch, "tokens": np.where(span, MASK, batch["tokens"])}
-    probs, ids = (np.asarray(x) for x in fillers(params, to_global(masked, mesh)))
-    assert (np.diff(probs, axis=-1) <= 0).all()
+    probs, ids, ranks = (np.asarray(x) for x in fillers(params, to_global(masked, mesh)))
+    assert (np.diff(probs, axis=-1) <= 0).all() and (ranks == 0).all()  # no targets: no ranks
+    # The rank of a target is its place in the whole distribution: top-1 ranks 1, the third ranks 3.
+    targets = np.where(span, ids[..., 2], -1).astype(np.int32)
+    ranked = np.asarray(fillers(params, to_global(masked, mesh), to_global({"t": targets}, mesh)["t"])[2])
+    np.testing.assert_array_equal(ranked, np.where(span, 3, 0))
     best_ordinary = [next(i for i in row if i not in SPECIALS) for row in ids[span].tolist()]
     np.testing.assert_array_equal(one[span], best_ordinary)
+
+
+def test_held_out_examples_are_drawn_by_seed_and_hide_a_content_word(tmp_path_factory):
+    from data.builtin_corpus import read_documents
+    from tests.data_fixtures import small_corpus, small_tokenizer
+    from train.generate.mask_predict import STOPWORDS, held_out_examples
+
+    tok = small_tokenizer(tmp_path_factory)
+    docs = read_documents(small_corpus(tmp_path_factory).train)[:400]
+    first, again, other = (held_out_examples(docs, tok, 5, seed=s) for s in (0, 0, 1))
+    assert len(first) == 5 and first == again and first != other
+    for masked, word in first + other:
+        assert masked.count("[MASK]") == 1 and word.isalpha() and word.lower() not in STOPWORDS
+        assert len(tok.encode(word)) == 1  # [MASK] stands for exactly the hidden word
+        assert masked.replace("[MASK]", word) in " ".join(" ".join(d.split()) for d in docs)

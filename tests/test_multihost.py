@@ -45,7 +45,8 @@ def test_tpu_dry_run_copies_sets_up_and_runs_on_all_workers():
     assert ssh[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "pod"] and ssh[6:9] == where
     remote = ssh[9].removeprefix("--command=")
     assert "tar -xzf ~/meshlm.tar.gz -C ~/meshlm" in remote and "MESHLM_EXTRAS=tpu MESHLM_DISTRIBUTED=auto" in remote
-    job = "./launch.sh run train.main --config=configs/bert_tiny.py '--workdir=/shared/run 1'"
+    job = ("scripts/supervise.sh --grace=30 -- ./launch.sh run train.main --config=configs/bert_tiny.py "
+           "'--workdir=/shared/run 1'")
     assert f'if [ "$w" = 0 ]; then {job}; else {job} > worker.log 2>&1; fi' in remote
 
 
@@ -57,7 +58,8 @@ def test_slurm_dry_run_writes_an_sbatch_script_with_srun():
     for directive in ("--nodes=4", "--ntasks-per-node=1", "--gpus-per-node=8", "--partition=gpu", "--time=1:00:00"):
         assert f"#SBATCH {directive}" in script
     srun = shlex.split(script[-1])
-    assert srun[0] == "srun" and srun[2:] == ["-m", "train.main", *JOB]
+    assert srun[:2] == ["srun", "--kill-on-bad-exit=1"] and srun[2].endswith("scripts/supervise.sh")
+    assert srun[3:5] == ["--grace=30", "--"] and srun[6:] == ["-m", "train.main", *JOB]
 
 
 def test_local_dry_run_sets_one_coordinator_and_process_ids():

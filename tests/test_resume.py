@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from data.documents import DataError
 from data.tokenizer import train_tokenizer
 from train.checkpoints.manager import Checkpoints
 from train.config import ConfigError, DataConfig, MeshConfig, ModelConfig
@@ -69,5 +70,8 @@ def test_resume_refuses_another_model_or_tokenizer(tmp_path):
     other = train_tokenizer(next((tmp_path / "cache").glob("builtin-*/train.txt")), tmp_path / "bpe.model",
                             vocab_size=400, model_type="bpe")
     shutil.copy(other.path, tmp_path / "w" / "tokenizer.model")
+    with pytest.raises(DataError, match="tokenizer.model has changed since it was written"):  # its .sha256
+        train(dataclasses.replace(config, train=dataclasses.replace(config.train, steps=4)), tmp_path / "w")
+    (tmp_path / "w" / "tokenizer.model.sha256").unlink()  # a tokenizer without a record: the checkpoint's
     with pytest.raises(ConfigError, match="tokenizer_sha256"):
         train(dataclasses.replace(config, train=dataclasses.replace(config.train, steps=4)), tmp_path / "w")

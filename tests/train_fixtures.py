@@ -90,3 +90,32 @@ def markov_decoder(steps: int = 150):
         state, metrics = step(state, to_global(batch, mesh))
     jax.block_until_ready(metrics)
     return cfg, jax.tree.map(np.asarray, state["params"]), successor
+
+
+def packed_segment_ids(rows: int, seq_len: int, seed: int = 0, left_pad: bool = False) -> np.ndarray:
+    """Segment ids of rows holding several documents of random lengths and some padding (0)
+    at the end of each row (or, `left_pad`, at its start, as a decoding prompt batch has it)."""
+    rng = np.random.default_rng(seed)
+    ids = np.zeros((rows, seq_len), np.int32)
+    for row in ids:
+        start, doc = 0, 1
+        end = seq_len - int(rng.integers(1, seq_len // 4))
+        while start < end:
+            size = int(rng.integers(1, seq_len // 3))
+            row[start:min(start + size, end)] = doc
+            start, doc = start + size, doc + 1
+        if left_pad:
+            row[:] = np.roll(row, seq_len - end)
+    return ids
+
+
+def packed_batch(rows: int, seq_len: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """A batch of such rows: random tokens, positions restarting at 0 in each document."""
+    segment_ids = packed_segment_ids(rows, seq_len, seed)
+    tokens = np.random.default_rng(seed + 1).integers(5, VOCAB, (rows, seq_len)).astype(np.int32)
+    tokens[segment_ids == 0] = 0
+    starts = np.concatenate([np.ones((rows, 1), bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+    index = np.broadcast_to(np.arange(seq_len), (rows, seq_len))
+    positions = index - np.maximum.accumulate(np.where(starts, index, 0), axis=1)
+    positions[segment_ids == 0] = 0
+    return {"tokens": tokens, "segment_ids": segment_ids, "positions": positions.astype(np.int32)}

@@ -17,10 +17,10 @@ from typing import Any
 
 from data.documents import DataError
 from data.sources import parse_source
-from model.config import ModelConfig
+from model.config import ATTENTION_IMPLS, LORA_TARGETS, LoraConfig, ModelConfig, cudnn_misfit
 
 __all__ = [
-    "Config", "ConfigError", "DataConfig", "MeshConfig", "ModelConfig", "OptimConfig",
+    "Config", "ConfigError", "DataConfig", "LoraConfig", "MESH_AXES", "MeshConfig", "ModelConfig", "OptimConfig",
     "TaskConfig", "TrainConfig", "apply_override", "load_config", "validate",
 ]
 
@@ -44,6 +44,13 @@ class DataConfig:
     mask_token_ratio: float = 0.8  # of the chosen tokens: [MASK]
     random_token_ratio: float = 0.1  # of the chosen tokens: a random token; the rest kept
     whole_word_masking: bool = False
+    # format=sft: records of prompt/response or chat messages, rendered by a chat template into
+    # [CLS] ... [SEP] examples whose loss covers the responses only (data/sft_examples.py).
+    format: str = "text"  # text (documents) | sft (files:*.jsonl or tfds: records)
+    prompt_field: str = "prompt"  # sft: a record's prompt ...
+    response_field: str = "response"  # ... and response, or instead
+    messages_field: str = "messages"  # a list of {"role", "content"} (system, user, assistant)
+    chat_template: str = ""  # sft: a Jinja chat template file; "" keeps the workdir's, else meshlm's default
 
 
 @dataclasses.dataclass
@@ -104,11 +111,22 @@ class TaskConfig:
     body_learning_rate_ratio: float = 1.0  # encoder's rate as a fraction of optim.learning_rate
 
 
+# The mesh axes, in the order `mesh.shape` lists their sizes (train/mesh.py says what each
+# splits). A new axis goes at the end: shapes written before it existed list fewer sizes,
+# and the axes they leave out have size 1 (a 3-entry shape is (data, fsdp, tensor)).
+MESH_AXES = ("data", "fsdp", "tensor", "sequence")
+MIN_MESH_AXES = 3  # the axes every shape lists
+
+
 @dataclasses.dataclass
 class MeshConfig:
-    """The device mesh: axes (data, fsdp, tensor); one entry may be -1 to take the rest."""
+    """The device mesh: sizes of (data, fsdp, tensor[, sequence]); one entry may be -1 to take the rest."""
 
     shape: tuple[int, ...] = (1, 1, 1)
+
+    def sizes(self) -> dict[str, int]:
+        """Each mesh axis's size (-1 kept), the axes a shorter shape leaves out at 1."""
+        return dict(zip(MESH_AXES, tuple(self.shape) + (1,) * (len(MESH_AXES) - len(self.shape))))
 
 
 @dataclasses.dataclass
@@ -128,10 +146,16 @@ class Config:
 
 
 def load_config(path: str, overrides: typing.Sequence[str] = ()) -> Config:
-    """Loads `get_config()` from a config file, applies `a.b=value` overrides, validates."""
+    """Loads `get_config()` from a config file (or a workdir's config.json), applies `a.b=value` overrides, validates."""
     file = pathlib.Path(path)
     if not file.is_file():
         raise ConfigError(f"config file '{path}' not found; pass e.g. --config=configs/bert_tiny.py")
+    if file.suffix == ".json":
+        try:
+            config = config_from_json(file.read_text())
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"config file '{path}' is not a meshlm config.json: {e}") from None
+        return _overridden(config, overrides)
     spec = importlib.util.spec_from_file_location(f"meshlm_config_{file.stem}", file)
     module = importlib.util.module_from_spec(spec)
     try:
@@ -143,6 +167,11 @@ def load_config(path: str, overrides: typing.Sequence[str] = ()) -> Config:
     config = module.get_config()
     if not isinstance(config, Config):
         raise ConfigError(f"get_config() in '{path}' returned {type(config).__name__}, not train.config.Config")
+    return _overridden(config, overrides)
+
+
+def _overridden(config: Config, overrides: typing.Sequence[str]) -> Config:
+    """config with `a.b=value` overrides applied, validated."""
     for override in overrides:
         key, sep, value = override.partition("=")
         if not sep:
@@ -196,6 +225,8 @@ def _parse(key: str, text: str, field_type: Any) -> Any:
         return text
     if typing.get_origin(field_type) is tuple:
         items = [t for t in text.strip().strip("()[]").replace(" ", "").split(",") if t]
+        if typing.get_args(field_type)[0] is str:
+            return tuple(t.strip("'\"") for t in items)
         try:
             return tuple(int(t) for t in items)
         except ValueError:
@@ -209,6 +240,8 @@ _CHOICES = {
     "model.param_dtype": ("float32", "bfloat16"),
     "model.arch": ("bert", "llama"),
     "model.remat": ("none", "full", "dots"),
+    "model.attention_impl": ATTENTION_IMPLS,
+    "data.format": ("text", "sft"),
     "optim.schedule": ("linear", "cosine", "constant"),
     "train.keep_best_metric": ("", "loss", "accuracy", "perplexity"),
     "train.keep_best_mode": ("auto", "min", "max"),
@@ -225,12 +258,15 @@ def validate(config: Config) -> None:
             raise ConfigError(f"config key '{key}' got '{value}'; accepted: {', '.join(accepted)}")
     m, d, o = config.model, config.data, config.optim
     try:
-        parse_source(d.source)
+        source = parse_source(d.source)
     except DataError as e:
         raise ConfigError(f"config key 'data.source': {e}") from None
+    if d.format == "sft" and (source.kind not in ("files", "tfds") or m.arch != "llama"):
+        raise ConfigError(f"data.format=sft with data.source={d.source} and model.arch={m.arch}; accepted: "
+                          "files:<glob of .jsonl> or tfds:<name>[:<split>] records, for model.arch=llama")
     _at_least(config, ["model.vocab_size"], 16)
     _at_least(config, ["model.max_len", "data.seq_len"], 4)
-    _at_least(config, ["model.hidden", "model.num_layers", "model.num_heads", "model.mlp_dim",
+    _at_least(config, ["model.hidden", "model.num_layers", "model.num_heads", "model.mlp_dim", "model.max_segments_per_row",
                        "train.steps", "train.batch_size", "train.log_every",
                        "train.checkpoint_every", "train.keep_checkpoints"], 1)
     _at_least(config, ["model.head_dim", "optim.warmup_steps", "train.eval_every",
@@ -253,6 +289,8 @@ def validate(config: Config) -> None:
     if not m.head_dim and m.hidden % m.num_heads:
         raise ConfigError(f"model.hidden={m.hidden} is not divisible by model.num_heads={m.num_heads}; set model.head_dim or change either")
     _check_decoder_fields(m)
+    _check_attention_fields(m)
+    _check_lora(m)
     if d.seq_len > m.max_len:
         raise ConfigError(f"data.seq_len={d.seq_len} exceeds model.max_len={m.max_len}; accepted: data.seq_len <= model.max_len")
     if o.eps <= 0:
@@ -261,9 +299,15 @@ def validate(config: Config) -> None:
     if t.keep_best_metric and not (t.eval_every and t.checkpoint_every % t.eval_every == 0):
         raise ConfigError(f"train.keep_best_metric='{t.keep_best_metric}' needs an eval at every checkpoint; "
                           f"accepted: train.eval_every a divisor of train.checkpoint_every={t.checkpoint_every}")
-    if len(config.mesh.shape) != 3 or any(s == 0 or s < -1 for s in config.mesh.shape) or config.mesh.shape.count(-1) > 1:
+    shape = config.mesh.shape
+    if not MIN_MESH_AXES <= len(shape) <= len(MESH_AXES) or any(s == 0 or s < -1 for s in shape) or shape.count(-1) > 1:
         raise ConfigError(
-            f"mesh.shape={config.mesh.shape}; accepted: 3 sizes for (data, fsdp, tensor), each >= 1, at most one -1")
+            f"mesh.shape={shape}; accepted: {MIN_MESH_AXES} to {len(MESH_AXES)} sizes for ({', '.join(MESH_AXES)}), "
+            "each >= 1, at most one -1")
+    sequence = config.mesh.sizes()["sequence"]
+    if sequence > 1 and d.seq_len % sequence:
+        raise ConfigError(f"data.seq_len={d.seq_len} does not divide by the mesh's sequence={sequence}; "
+                          "accepted: a sequence axis that divides the row length")
 
 
 def _check_decoder_fields(m: ModelConfig) -> None:
@@ -278,6 +322,34 @@ def _check_decoder_fields(m: ModelConfig) -> None:
         raise ConfigError("model.tie_embeddings=false is only for model.arch=llama; BERT's MLM head is tied")
 
 
+def _check_attention_fields(m: ModelConfig) -> None:
+    """A fused kernel named outright must be able to run the model (auto falls back to XLA instead)."""
+    if m.attention_impl in ("splash", "cudnn") and m.attention_dropout > 0:
+        raise ConfigError(f"model.attention_impl={m.attention_impl} has no attention dropout but "
+                          f"model.attention_dropout={m.attention_dropout}; accepted: attention_dropout=0, "
+                          "or attention_impl=auto or xla")
+    if m.attention_impl == "cudnn":
+        misfit = cudnn_misfit(m.dtype, m.resolved_head_dim, length_sharded=False)
+        if misfit:
+            raise ConfigError(f"model.attention_impl=cudnn: {misfit}; accepted: a model cuDNN can run "
+                              "(e.g. model.dtype=bfloat16), or attention_impl=auto or xla")
+
+
+def _check_lora(m: ModelConfig) -> None:
+    """model.lora: a rank of 0 (off) or more, a positive alpha, and targets the decoder has."""
+    lora = m.lora
+    if lora.rank < 0 or lora.alpha <= 0 or not 0.0 <= lora.dropout < 1.0:
+        raise ConfigError(f"model.lora rank={lora.rank} alpha={lora.alpha} dropout={lora.dropout}; accepted: "
+                          "rank >= 0 (0: no adapters), alpha > 0, dropout in [0, 1)")
+    bad = [t for t in lora.targets if t not in LORA_TARGETS]
+    if bad or not lora.targets or len(set(lora.targets)) != len(lora.targets):
+        raise ConfigError(f"config key 'model.lora.targets' got {','.join(lora.targets) or 'nothing'}; accepted: "
+                          f"distinct names among {','.join(LORA_TARGETS)}")
+    if lora.rank and m.arch != "llama":
+        raise ConfigError(f"model.lora.rank={lora.rank} with model.arch={m.arch}; accepted: LoRA adapters on "
+                          "model.arch=llama (decoders)")
+
+
 def _check_types(obj: Any, prefix: str) -> None:
     """Catches wrong types written in a config file (flags are parsed by type already)."""
     hints = typing.get_type_hints(type(obj))
@@ -289,13 +361,15 @@ def _check_types(obj: Any, prefix: str) -> None:
             _check_types(value, key + ".")
             continue
         if typing.get_origin(want) is tuple:
-            ok = isinstance(value, (tuple, list)) and all(type(v) is int for v in value)
+            item = typing.get_args(want)[0]
+            ok = isinstance(value, (tuple, list)) and all(type(v) is item for v in value)
         elif want is float:
             ok = type(value) in (int, float)
         else:
             ok = type(value) is want
         if not ok:
-            name = "integers" if typing.get_origin(want) is tuple else getattr(want, "__name__", str(want))
+            name = ("integers" if typing.get_args(want)[0] is int else "strings") if typing.get_origin(want) is tuple \
+                else getattr(want, "__name__", str(want))
             raise ConfigError(f"config key '{key}' got {value!r} ({type(value).__name__}); accepted: {name}")
         if typing.get_origin(want) is tuple:
             setattr(obj, f.name, tuple(value))

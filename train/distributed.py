@@ -12,6 +12,11 @@ Three ways to say a job has several processes, first match wins:
 
 Otherwise the job is one process and nothing is called. On CPU the processes' devices
 talk over gloo (JAX's default CPU collectives).
+
+A joined process also joins the peer watchdog (train/peers.py), so that when a process of
+the job dies the others stop within seconds with one line naming it, and (unless --debug)
+sends its stderr through train/stderr_relay.py, which turns JAX's abort dump on the death
+of process 0 into that one line too.
 """
 
 from __future__ import annotations
@@ -58,17 +63,25 @@ def plan(coordinator: str = "", num_processes: int = 0, process_id: int = -1,
     return Plan("single")
 
 
-def initialize(job: Plan) -> None:
-    """Calls jax.distributed.initialize for a multi-process plan; a no-op for one process."""
+def initialize(job: Plan, relay: bool = True) -> None:
+    """Calls jax.distributed.initialize for a multi-process plan, then joins the watchdog; no-op for one."""
     if job.kind == "single":
         return
     import jax  # only now: importing jax before this point is fine, using a backend is not
+    from jax._src import distributed as jax_distributed
+
+    from train import peers, stderr_relay
 
     if job.kind == "explicit":
         jax.distributed.initialize(coordinator_address=job.coordinator, num_processes=job.num_processes,
                                    process_id=job.process_id)
     else:  # JAX's cluster detection reads SLURM's variables or the TPU metadata server
         jax.distributed.initialize()
+    state = jax_distributed.global_state  # what initialize settled on, without starting a backend
+    coordinator = state.coordinator_address or job.coordinator
+    if relay:
+        stderr_relay.install(state.process_id, state.num_processes, coordinator)
+    peers.start(state.process_id, state.num_processes, coordinator.rsplit(":", 1)[0].strip("[]"))
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -79,6 +92,21 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         return int(text)
     except ValueError:
         raise ConfigError(f"environment variable {name}={text!r}; accepted: an integer") from None
+
+
+def process_barrier(name: str, timeout_seconds: float) -> None:
+    """Waits until every process of the job reaches `name`; a no-op for one process.
+
+    Through JAX's coordination service rather than a device collective: on CPU a gloo
+    collective gives up when a peer is 30 s late, and this waits as long as it is told.
+    """
+    import jax
+
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed as jax_distributed
+
+    jax_distributed.global_state.client.wait_at_barrier(f"meshlm/{name}", int(timeout_seconds * 1000))
 
 
 def primary_first(build: Callable[[], T]) -> T:

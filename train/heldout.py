@@ -23,7 +23,10 @@ def most_frequent_token(rows: PackedRows, special_ids: np.ndarray) -> int:
     """The most frequent ordinary token of the training rows: the baseline's constant guess."""
     num_rows, length = rows.tokens.shape
     stride = max(1, num_rows * length // _BASELINE_SAMPLE_TOKENS)
-    counts = np.bincount(np.asarray(rows.tokens[::stride]).ravel())
+    sample = np.asarray(rows.tokens[::stride]).ravel()
+    limit = rows.vocab_size or int(sample.max(initial=0)) + 1
+    # Damaged ids are left out here: the batch that reads them reports them (PackedRows.rows).
+    counts = np.bincount(sample[(sample >= 0) & (sample < limit)], minlength=1)
     counts[special_ids[special_ids < counts.size]] = 0
     return int(np.argmax(counts))
 

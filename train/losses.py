@@ -24,13 +24,18 @@ def mlm_sums(logits_BLV: jax.Array, targets_BL: jax.Array, weights_BL: jax.Array
     }
 
 
-def next_token_targets(tokens_BL: jax.Array, segment_ids_BL: jax.Array) -> tuple[jax.Array, jax.Array]:
+def next_token_targets(tokens_BL: jax.Array, segment_ids_BL: jax.Array,
+                       loss_mask_BL: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Targets (the following token) and float weights for causal LM over packed rows.
 
     A position counts only when the next token is in the same, non-padding segment, so
-    nothing is predicted across a document boundary and padding is never a target.
+    nothing is predicted across a document boundary and padding is never a target. With
+    `loss_mask_BL` (aligned with the tokens: 1 where a token is to be learned, e.g. a
+    response's in supervised fine-tuning) only the marked tokens are targets.
     """
     targets_BL = jnp.concatenate([tokens_BL[:, 1:], jnp.zeros_like(tokens_BL[:, :1])], axis=1)
     next_segment_BL = jnp.concatenate([segment_ids_BL[:, 1:], jnp.zeros_like(segment_ids_BL[:, :1])], axis=1)
     weights_BL = (segment_ids_BL > 0) & (next_segment_BL == segment_ids_BL)
+    if loss_mask_BL is not None:
+        weights_BL = weights_BL & jnp.concatenate([loss_mask_BL[:, 1:] > 0, jnp.zeros_like(weights_BL[:, :1])], axis=1)
     return targets_BL, weights_BL.astype(jnp.float32)

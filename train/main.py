@@ -1,6 +1,12 @@
-"""Train (or resume) a model: python -m train.main --config=configs/bert_tiny.py --workdir=DIR."""
+"""Train (or resume) a model: python -m train.main --config=configs/bert_tiny.py --workdir=DIR.
+
+Without --config, a workdir that has a config.json (a run, or a model import_hf brought in)
+trains on with it: `python -m train.main --workdir=DIR --config.train.steps=N`.
+"""
 
 from __future__ import annotations
+
+import pathlib
 
 from absl import flags
 
@@ -15,9 +21,11 @@ _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Compile the train step for the c
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise program.ConfigError(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
-    if not _CONFIG.value:
-        raise program.ConfigError("--config is required, e.g. --config=configs/bert_tiny.py")
-    config = program.config_from_flags(_CONFIG.value)
+    config_path = _CONFIG.value or _workdir_config(_WORKDIR.value)
+    if not config_path:
+        raise program.ConfigError("--config is required, e.g. --config=configs/bert_tiny.py (or a --workdir "
+                                  "holding a config.json, to train on with it)")
+    config = program.config_from_flags(config_path)
     if _DRY_RUN.value:
         from train.preflight import dry_run
 
@@ -28,6 +36,12 @@ def main(argv: list[str]) -> None:
     from train.loop import train  # JAX starts here, after every check of the user's input
 
     train(config, workdir)
+
+
+def _workdir_config(workdir: str | None) -> str | None:
+    """workdir/config.json when there is one."""
+    path = pathlib.Path(workdir) / "config.json" if workdir else None
+    return str(path) if path is not None and path.is_file() else None
 
 
 if __name__ == "__main__":

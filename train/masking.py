@@ -80,7 +80,7 @@ def budget_for_mesh(budget: int | None, mesh_shape: dict[str, int]) -> int | Non
     a sort, a take or a one-hot matmul; every other mesh shape checked is exact.
     tests/test_train_step.py compares each mesh with one device.
     """
-    return None if all(size > 1 for size in mesh_shape.values()) else budget
+    return None if all(mesh_shape.get(axis, 1) > 1 for axis in ("data", "fsdp", "tensor")) else budget
 
 
 def gather_predictions(weights_BL: jax.Array, budget: int, hidden_BLD: jax.Array,

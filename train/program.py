@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import errno
+import logging as pylogging
 import os
 import pathlib
 import sys
 import tempfile
+import traceback
 from typing import Callable, Sequence
 
 from absl import app, flags, logging
 
-from train import distributed
+from train import distributed, peers
 from train.config import Config, ConfigError, load_config
 
 _OVERRIDE_PREFIX = "--config."
@@ -23,6 +26,9 @@ STEP = flags.DEFINE_integer("step", None, "Checkpoint step to read; the latest b
 TEXT = flags.DEFINE_multi_string("text", [], "Input text (fill-mask: with [MASK]s; predict: to classify); repeatable.")
 DTYPE = flags.DEFINE_string("dtype", "float32", "Weights dtype. decode: float32 | bfloat16 | int8; export: "
                             "float32 | bfloat16, and int8 for --format=jax.")
+SEED = flags.DEFINE_integer("seed", 0, "Random seed: sampling (decode), the held-out sentences drawn (fill_mask).")
+INIT_FROM = flags.DEFINE_string("init_from", None, "Fine-tuning: the pretrained workdir (or one made by import_hf) "
+                                "whose latest checkpoint gives the starting weights.")
 
 
 def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -37,6 +43,7 @@ def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 _overrides: list[str] = []
+_VERDICT_SECONDS = 10.0  # how long an unexpected error of a multi-process job waits for the watchdog
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -77,18 +84,92 @@ def run(main: Callable[[list[str]], None]) -> None:
     def guarded(argv: list[str]) -> None:
         # Orbax and JAX log progress at INFO through absl; keep stdout for meshlm's lines.
         logging.set_verbosity(logging.DEBUG if flags.FLAGS.debug else logging.WARNING)
+        if not flags.FLAGS.debug:
+            _quiet_background_writers()
         try:
             distributed.initialize(distributed.plan(
-                _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value))  # before any JAX work
+                _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value),
+                relay=not flags.FLAGS.debug)  # before any JAX work
             main(argv)
         except (ConfigError, OSError, ValueError) as e:
+            peers.leave(ok=False)
             if flags.FLAGS.debug:
-                raise
+                _reraise(2)
             hint = "" if isinstance(e, ConfigError) else " (rerun with --debug for the traceback)"
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                hint = "; free some space and rerun the same command to resume" + hint
             print(f"error: {e}{hint}", file=sys.stderr)
-            sys.exit(2)
+            _exit(2)
+        except SystemExit as e:
+            peers.leave(ok=not e.code)
+            if e.code:
+                _exit(e.code if isinstance(e.code, int) else 1)
+            raise
+        except KeyboardInterrupt:
+            peers.leave(ok=False)
+            _reraise(130)
+        except BaseException:
+            peers.wait_for_verdict(_VERDICT_SECONDS)  # a peer's death surfaces here as a gloo error first
+            peers.leave(ok=False)
+            _reraise(1)
+        peers.leave(ok=True)
 
     app.run(guarded, flags_parser=parse_flags)
+
+
+def _reraise(code: int) -> None:
+    """Re-raises the error being handled; in a multi-process job prints it and exits (see _exit)."""
+    if not peers.active():
+        raise  # noqa: PLE0704 (called from an except block)
+    traceback.print_exc()
+    _exit(code)
+
+
+def _exit(code: int) -> None:
+    """Ends a failed process; one of a multi-process job skips the exit handlers.
+
+    JAX's exit handler waits at a shutdown barrier for every process of the job, and the
+    others are stuck in a step that needs this one: the barrier would hold this process for
+    minutes. The others are told (peers.leave) and stop by themselves.
+    """
+    if not peers.active():
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _quiet_background_writers() -> None:
+    """Keeps the tracebacks of Orbax's background writers off the console (shown under --debug).
+
+    A failed asynchronous save (a full disk) makes Orbax log the error with a traceback from
+    each writer thread, and TensorStore's late completions then report "Event loop is closed"
+    (through sys.unraisablehook) for the event loop Orbax already closed. The failure itself
+    reaches the main thread, which reports it in one line (train/checkpoints/manager.py).
+    """
+    handler = logging.get_absl_handler()
+    handler.addFilter(lambda record: not (record.levelno >= pylogging.ERROR and _ORBAX in record.pathname))
+    previous_unraisable = sys.unraisablehook
+
+    def unraisablehook(unraisable) -> None:  # TensorStore reports its callbacks' errors this way
+        value = unraisable.exc_value
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed" \
+                and _from_asyncio(unraisable.exc_traceback):
+            logging.debug("late TensorStore completion after a failed save: %s", value)
+            return
+        previous_unraisable(unraisable)
+
+    sys.unraisablehook = unraisablehook
+
+
+_ORBAX = f"{os.sep}orbax{os.sep}"
+
+
+def _from_asyncio(traceback) -> bool:
+    """True when the innermost frame of a traceback is in asyncio (the closed loop's check)."""
+    while traceback is not None and traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    return traceback is not None and f"{os.sep}asyncio{os.sep}" in traceback.tb_frame.f_code.co_filename
 
 
 flags.DEFINE_bool("debug", False, "Show full tracebacks for user errors.")

@@ -1,7 +1,9 @@
 """The train state, born sharded: parameters and optimizer state are created on the mesh.
 
 The state is a plain pytree `{"step", "params", "opt_state"}` whose params are a pure
-dict of arrays (what `nnx.merge` takes back), so checkpoints hold no Flax classes.
+dict of arrays (what `nnx.merge` takes back), so checkpoints hold no Flax classes. The
+optimizer state covers only the trainable params (train/trainable.py: all of them, or a
+LoRA model's adapters).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from model.config import ModelConfig
 from model.decoder import LlamaLM
 from model.encoder import BertMLM
 from train.mesh import replicated, sharding_context
+from train.trainable import trainable_part
 
 TrainState = dict[str, Any]
 
@@ -40,6 +43,11 @@ class StateLayout:
     @property
     def param_count(self) -> int:
         return sum(x.size for x in jax.tree.leaves(self.abstract["params"]))
+
+    @property
+    def trainable_count(self) -> int:
+        """Parameters the optimizer updates: all, or a LoRA model's adapters."""
+        return sum(x.size for x in jax.tree.leaves(trainable_part(self.abstract["params"])))
 
 
 def param_shardings(model_cfg: ModelConfig, mesh: Mesh,
@@ -66,10 +74,10 @@ def state_layout(model_cfg: ModelConfig, tx: optax.GradientTransformation, mesh:
                  factory: Callable[[int], nnx.Module] | None = None) -> StateLayout:
     """Shapes and shardings of the whole train state, computed without allocating it."""
     graphdef, abstract_params, p_shardings = param_shardings(model_cfg, mesh, factory)
-    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    abstract_opt = jax.eval_shape(tx.init, trainable_part(abstract_params))
     # Optimizer moments shard like their parameters; counts and scalars are replicated.
     opt_shardings = optax.tree_map_params(
-        tx, lambda _, sharding: sharding, abstract_opt, p_shardings,
+        tx, lambda _, sharding: sharding, abstract_opt, trainable_part(p_shardings),
         transform_non_params=lambda _: replicated(mesh))
     shardings = {"step": replicated(mesh), "params": p_shardings, "opt_state": opt_shardings}
     abstract = jax.tree.map(
@@ -86,7 +94,7 @@ def init_state(model_cfg: ModelConfig, tx: optax.GradientTransformation, layout:
 
     def init() -> TrainState:
         params = nnx.to_pure_dict(nnx.state(factory(seed)))
-        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(trainable_part(params))}
 
     with sharding_context(mesh):
         return jax.jit(init, out_shardings=layout.shardings)()

@@ -1,8 +1,10 @@
 """Evaluation of saved checkpoints: one evaluator per workdir, reused for every step, and --watch.
 
 Masks are those of the training loop's evaluation (same seed, same batches), so with equal
-batches and batch size the numbers match the loop's. Results go to stdout,
-workdir/eval/step_N.json (eval/<split>/ for other splits) and TensorBoard.
+batches and batch size the numbers match the loop's. With task options, each step also gets
+lm-eval's benchmark scores (task_scores.py), written beside its loss. Results go to stdout,
+workdir/eval/step_N.json (eval/<split>/ for other splits) and TensorBoard (scores under
+tasks/<task>/<metric>).
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ import pathlib
 import time
 from typing import Callable
 
+from train.evaluate.task_scores import TaskOptions
+
 
 class Evaluator:
     """The data, compiled eval step and metric sinks of one workdir, reused for every step."""
 
     def __init__(self, workdir: pathlib.Path, step: int, *, split: str, batches: int | None,
-                 batch_size: int | None, mesh_shape: tuple[int, ...]):
+                 batch_size: int | None, mesh_shape: tuple[int, ...], tasks: TaskOptions | None = None):
         from train.checkpoints.manager import Checkpoints
         from train.config import config_from_json
         from train.heldout import most_frequent_token
@@ -44,8 +48,18 @@ class Evaluator:
         tx, _ = make_optimizer(self.config.optim, t.steps)
         self.layout = state_layout(self.config.model, tx, self.mesh)
         baseline = most_frequent_token(self.data.train, self.data.tokenizer.special_ids())
-        self.eval_step = compile_eval_step(self.layout, self.mesh, spec=masking_spec(self.config, self.data, self.mesh),
-                                           seed=t.seed, baseline_token=baseline)
+        # As in the training loop: masked-token loss for encoders, next-token loss (spec None) for decoders.
+        spec = masking_spec(self.config, self.data, self.mesh) if self.config.model.arch == "bert" else None
+        self.eval_step = compile_eval_step(self.layout, self.mesh, spec=spec, seed=t.seed, baseline_token=baseline)
+        self.tasks = None
+        if tasks is not None and tasks.tasks:
+            from train.evaluate.task_scores import TaskScores
+            from train.workdir import TrainedModel
+
+            trained = TrainedModel(workdir, step, self.meta, self.config, self.data.tokenizer, self.mesh,
+                                   self.layout, None)
+            trained.data = self.data  # already prepared and checked above
+            self.tasks = TaskScores(trained, tasks, batch_size=self.batch_size, workdir=str(workdir))
         self.out_dir = workdir / "eval" if split == "validation" else workdir / "eval" / split
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.writer = MetricWriter(self.out_dir)
@@ -58,7 +72,7 @@ class Evaluator:
         return self.out_dir / f"step_{step}.json"
 
     def evaluate(self, step: int) -> dict[str, float]:
-        """Restores the params of `step`, evaluates them and writes the three sinks."""
+        """Restores the params of `step`, evaluates them (and the tasks) and writes the three sinks."""
         from train.heldout import evaluate
         from train.checkpoints.params import restore_params
 
@@ -68,6 +82,12 @@ class Evaluator:
                            max_batches=self.batches, mesh=self.mesh)
         self.writer.write(step, self.split, metrics)
         record = {"step": step, "split": self.split, "batches": self.batches, "batch_size": self.batch_size, **metrics}
+        if self.tasks is not None:
+            scores = self.tasks.scores(params, step)
+            self.writer.write(step, "tasks", {f"{task}/{name}": value for task, values in scores.items()
+                                              for name, value in values.items() if "_stderr" not in name})
+            record["tasks"] = scores
+            record["task_options"] = {"num_fewshot": self.tasks.options.num_fewshot, "limit": self.tasks.options.limit}
         self.result_path(step).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         return metrics
 
@@ -89,17 +109,32 @@ def saved_steps(workdir: pathlib.Path) -> list[int]:
 
 def watch(workdir: pathlib.Path, make: Callable[[int], Evaluator], *, timeout: float, poll: float,
           echo=print) -> list[int]:
-    """Evaluates each new step once (skipping ones with results); stops at the final step or timeout."""
+    """Evaluates each new step once (skipping ones with results); stops at the final step or timeout.
+
+    A damaged step is reported once and skipped, as training falls back past it.
+    """
+    from train.checkpoints.manager import DamagedCheckpoint
+
     deadline = time.monotonic() + timeout
-    evaluator, done = None, []
+    evaluator, done, damaged = None, [], set()
     while True:
-        steps = saved_steps(workdir)
-        if steps and evaluator is None:
-            evaluator = make(steps[-1])
-        for step in steps:
-            if evaluator is not None and not evaluator.result_path(step).exists():
+        steps = [step for step in saved_steps(workdir) if step not in damaged]
+        for step in reversed(steps) if evaluator is None else []:  # made from the newest readable step
+            try:
+                evaluator = make(step)
+                break
+            except DamagedCheckpoint as e:
+                damaged.add(step)
+                echo(f"warning: {e}; skipped")
+        for step in steps if evaluator is not None else []:
+            if step in damaged or evaluator.result_path(step).exists():
+                continue
+            try:
                 evaluator.evaluate(step)
                 done.append(step)
+            except DamagedCheckpoint as e:
+                damaged.add(step)
+                echo(f"warning: {e}; skipped")
         if evaluator is not None and evaluator.final_step in steps:
             echo(f"reached the final step {evaluator.final_step}; evaluated steps {done}")
             break

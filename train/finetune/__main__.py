@@ -6,13 +6,11 @@
 
 from __future__ import annotations
 
-from absl import flags
-
 from train import program
 from train.config import ConfigError
 
 _CONFIG = program.CONFIG
-_INIT_FROM = flags.DEFINE_string("init_from", None, "Pretrained workdir whose latest checkpoint gives the encoder.")
+_INIT_FROM = program.INIT_FROM
 _WORKDIR = program.WORKDIR
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import shutil
 import time
 from typing import Any, Callable
 
@@ -18,7 +17,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from data.tokenizer import Tokenizer
+from data.tokenizer import SPM_FILE, copy_tokenizer, open_tokenizer, tokenizer_file
+from train import peers
 from train.checkpoints.manager import Checkpoints
 from train.config import Config, ConfigError, config_from_json
 from train.finetune.task_data import TaskData, check_task, eval_batches, load_task, steps_per_epoch, train_batch
@@ -42,9 +42,11 @@ def finetune(config: Config, workdir: pathlib.Path, init_from: str | None) -> di
     check_divisibility(mesh, batch_size=t.batch_size, num_heads=config.model.num_heads)
     log = print if primary else (lambda line: None)
     checkpoints = Checkpoints(workdir, keep=t.keep_checkpoints)
+    checkpoints.claim(log)  # before any save: removes partial saves of runs that died
+    peers.watch_workdir(workdir, checkpoints.release)
     resume_step = checkpoints.latest_step()
     pretrained = None if resume_step is not None or not init_from else PretrainedEncoder(init_from, config)
-    tokenizer = Tokenizer(_tokenizer_for(workdir, init_from, resume_step is not None))
+    tokenizer = open_tokenizer(_tokenizer_for(workdir, init_from, resume_step is not None))
     task = load_task(config, tokenizer, workdir)
     per_epoch = steps_per_epoch(task.train, t.batch_size)
     total = per_epoch * config.task.epochs
@@ -75,6 +77,7 @@ def finetune(config: Config, workdir: pathlib.Path, init_from: str | None) -> di
     for step in range(start, total):
         batch = to_global(process_rows(train_batch(task.train, step, t.batch_size, t.seed)), mesh)
         state, metrics = train_step(state, batch)
+        checkpoints.poll()  # a failed background save stops the run now
         if pending is not None:  # one step late: the host waits on step-1 while step runs
             window.add(writer, *pending, t.log_every)
         pending, done = (step + 1, metrics), step + 1
@@ -82,7 +85,7 @@ def finetune(config: Config, workdir: pathlib.Path, init_from: str | None) -> di
         if epoch_end or done % t.checkpoint_every == 0:
             window.add(writer, *pending, t.log_every, force=epoch_end)
             pending = None
-            checkpoints.save(done, state, meta)
+            checkpoints.save(done, state, meta, log=log)
         if epoch_end:
             final = validate(state["params"], eval_step, task, t.batch_size, mesh)
             writer.write(done, "eval", {"epoch": done // per_epoch, **final})
@@ -129,16 +132,22 @@ class PretrainedEncoder:
         if "labels" in self.meta:
             raise ConfigError(f"--init_from={path} is a fine-tuned classifier; pass the workdir of a pretraining run")
         self.config = config_from_json(json.dumps(self.meta["config"]))
+        pretrained_arch, arch = self.config.model.arch, config.model.arch
+        if pretrained_arch != arch:  # before the sizes: a decoder's differ in ways that say nothing
+            raise ConfigError(f"--init_from={path} (step {self.step}) holds a {pretrained_arch} model, but the "
+                              f"classifier fine-tunes a {arch} encoder: the architecture differs (model.arch "
+                              f"{pretrained_arch} vs {arch}); pass the workdir of a masked-LM (bert) pretraining run")
         diff = {f: (getattr(self.config.model, f), getattr(config.model, f)) for f in SHAPE_FIELDS
                 if getattr(self.config.model, f) != getattr(config.model, f)}
         if diff:
             raise ConfigError(f"--init_from={path} (step {self.step}) holds a different model than the config: "
                               f"{diff} (pretrained, config); set the config's model.* to the pretrained values")
-        tokenizer = self.workdir / "tokenizer.model"
-        if not tokenizer.is_file():
-            raise ConfigError(f"--init_from={path} has no tokenizer.model; pass the workdir of a pretraining run")
-        if self.meta.get("tokenizer_sha256") not in (None, Tokenizer(tokenizer).sha256()):
-            raise ConfigError(f"--init_from={path}: tokenizer.model is not the one step {self.step} was trained with")
+        tokenizer = tokenizer_file(self.workdir)
+        if tokenizer is None:
+            raise ConfigError(f"--init_from={path} has no tokenizer.model or tokenizer.json; pass the workdir of a "
+                              "pretraining run")
+        if self.meta.get("tokenizer_sha256") not in (None, open_tokenizer(tokenizer).sha256()):
+            raise ConfigError(f"--init_from={path}: {tokenizer.name} is not the one step {self.step} was trained with")
 
     def describe(self) -> str:
         return f"{self.workdir} step {self.step}"
@@ -153,15 +162,14 @@ class PretrainedEncoder:
 
 
 def _tokenizer_for(workdir: pathlib.Path, init_from: str | None, resuming: bool) -> pathlib.Path:
-    """workdir/tokenizer.model, copied from --init_from on a fresh start so the workdir stands alone."""
-    target = workdir / "tokenizer.model"
+    """The workdir's tokenizer file, copied from --init_from on a fresh start so the workdir stands alone."""
     if resuming or not init_from:
-        if not target.is_file():
-            raise ConfigError(f"--workdir={workdir} has no tokenizer.model; pass --init_from=PRETRAINED_WORKDIR "
-                              "(its tokenizer is copied) or put a sentencepiece tokenizer.model there")
+        target = tokenizer_file(workdir)
+        if target is None:
+            raise ConfigError(f"--workdir={workdir} has no tokenizer; pass --init_from=PRETRAINED_WORKDIR "
+                              f"(its tokenizer is copied) or put a sentencepiece {SPM_FILE} there")
         return target
-    shutil.copyfile(pathlib.Path(init_from) / "tokenizer.model", target)
-    return target
+    return copy_tokenizer(open_tokenizer(tokenizer_file(init_from)), workdir)
 
 
 def _resume(checkpoints: Checkpoints, step: int, config: Config, layout: StateLayout, tokenizer) -> TrainState:
@@ -174,7 +182,7 @@ def _resume(checkpoints: Checkpoints, step: int, config: Config, layout: StateLa
         raise ConfigError(f"checkpoint step {step} was written by a different model: {diff or 'pooling'} "
                           "(saved, now); use another --workdir or the saved settings")
     if meta.get("tokenizer_sha256") not in (None, tokenizer.sha256()):
-        raise ConfigError(f"checkpoint step {step} was trained with another tokenizer.model; "
+        raise ConfigError(f"checkpoint step {step} was trained with another tokenizer than {tokenizer.path.name}; "
                           "restore the original or use a new --workdir")
     state, _ = checkpoints.restore(step, layout.abstract)
     return state

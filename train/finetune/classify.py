@@ -8,7 +8,7 @@ import pathlib
 import numpy as np
 
 from data.tasks import Example, LabelMap, encode_examples
-from data.tokenizer import Tokenizer
+from data.tokenizer import open_tokenizer, tokenizer_file
 from train.checkpoints.manager import Checkpoints
 from train.config import ConfigError, config_from_json
 from train.finetune.task_data import LABELS_FILE
@@ -42,6 +42,9 @@ def predict(workdir: str | pathlib.Path, texts: list[str], text_pairs: list[str]
         need = "needs --text_pair for each --text" if config.task.text_pair_field else "takes no --text_pair"
         raise ConfigError(f"this classifier {need}")
     examples = [Example(text=t, label=labels[0], text_pair=p) for t, p in zip(texts, pairs)]
-    arrays = encode_examples(examples, Tokenizer(workdir / "tokenizer.model"), config.data.seq_len)
+    path = tokenizer_file(workdir)
+    if path is None:
+        raise ConfigError(f"--workdir={workdir} has no tokenizer.model or tokenizer.json")
+    arrays = encode_examples(examples, open_tokenizer(path), config.data.seq_len)
     probs = compile_predict(layout, mesh)(state["params"], to_global({k: arrays[k] for k in INPUT_KEYS}, mesh))
     return list(labels), np.asarray(probs)

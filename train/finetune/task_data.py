@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from data.tasks import Example, Fields, LabelMap, encode_examples, read_examples, read_tfds_examples
-from data.tokenizer import Tokenizer
+from data.tokenizer import AnyTokenizer
 from train.config import Config, ConfigError
 from train.config import POOLINGS, TaskConfig
 
@@ -78,7 +78,7 @@ def task_examples(task: TaskConfig) -> tuple[list[Example], list[Example], list[
         raise ConfigError(str(e)) from None
 
 
-def load_task(config: Config, tokenizer: Tokenizer, workdir: pathlib.Path) -> TaskData:
+def load_task(config: Config, tokenizer: AnyTokenizer, workdir: pathlib.Path) -> TaskData:
     """Reads and encodes both splits; the label map is made from training labels, or the saved one on resume."""
     train, validation, names = task_examples(config.task)
     saved = workdir / LABELS_FILE

@@ -3,8 +3,9 @@
 Prompts are LEFT-padded to a bucket length P, so every row writes its next key/value at
 the same cache slot (P + t) and the first new token of every row comes from slot P - 1;
 each row's positions start at 0 on its first real token. One compile serves a
-(batch, P, max new tokens) bucket: the prompts, their lengths, the seed, the number of
-new tokens and the sampling settings (temperature, top-k, top-p) are all traced values.
+(batch, P, max new tokens, stop table) bucket: the prompts, their lengths, the seed, the
+number of new tokens, the sampling settings (temperature, top-k, top-p) and the stop
+sequences' token ids are all traced values.
 """
 
 from __future__ import annotations
@@ -121,14 +122,36 @@ def first_argmax(logits_BV: jax.Array) -> jax.Array:
     return jnp.min(jnp.where(hit, index, logits_BV.shape[-1]), axis=-1)
 
 
-def generate(params: Params, tokens: jax.Array, lengths: jax.Array, seed: jax.Array,
-             max_new_tokens: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p: jax.Array, *,
-             graphdef: Any, cfg: ModelConfig, max_new_bucket: int, eos_id: int,
-             pad_id: int) -> dict[str, jax.Array]:
-    """Generates up to `max_new_tokens` (<= max_new_bucket) per row, stopping early once every row hit EOS.
+def no_stops() -> np.ndarray:
+    """The stop table that never matches: generation ends at EOS or the token limit only."""
+    return np.full((1, 1), -1, np.int32)
 
-    Returns tokens int32 [B, max_new_bucket] (pad after a row's end; EOS included) and
-    num_generated [B]. `params` are in the decoding layout (see `DecodeLayout`).
+
+def stop_matches(recent_BT: jax.Array, count_B: jax.Array, stops_ST: jax.Array) -> jax.Array:
+    """Bool [B]: a row's newest tokens equal one of the stop sequences.
+
+    `stops_ST` holds one token sequence per row, right-aligned and left-padded with -1
+    (an all -1 row is no sequence). A match needs at least one generated token before the
+    sequence: a decoded text may drop the leading space of its first token, so only a
+    sequence inside the text is sure to read as the stop string.
+    """
+    used_ST = stops_ST >= 0
+    equal_BST = (recent_BT[:, None, :] == stops_ST[None, :, :]) | ~used_ST[None]
+    length_S = jnp.sum(used_ST, axis=-1)
+    hit_BS = jnp.all(equal_BST, axis=-1) & (length_S > 0)[None] & (count_B[:, None] > length_S[None])
+    return jnp.any(hit_BS, axis=-1)
+
+
+def generate(params: Params, tokens: jax.Array, lengths: jax.Array, seed: jax.Array,
+             max_new_tokens: jax.Array, temperature: jax.Array, top_k: jax.Array, top_p: jax.Array,
+             stops: jax.Array, *, graphdef: Any, cfg: ModelConfig, max_new_bucket: int, eos_id: int,
+             pad_id: int) -> dict[str, jax.Array]:
+    """Generates up to `max_new_tokens` (<= max_new_bucket) per row, stopping early once every row is done.
+
+    A row is done at EOS or when its newest tokens equal a row of `stops` (int32 [S, T],
+    see `stop_matches`). Returns tokens int32 [B, max_new_bucket] (pad after a row's end;
+    EOS or the stop sequence included) and num_generated [B]. `params` are in the decoding
+    layout (see `DecodeLayout`).
     """
     model = nnx.merge(graphdef, params)
     batch, prompt_len = tokens.shape
@@ -139,23 +162,27 @@ def generate(params: Params, tokens: jax.Array, lengths: jax.Array, seed: jax.Ar
     out = constrain(out, ("act_batch", "act_length"))
     done = first == eos_id
     count = jnp.ones((batch,), jnp.int32)
+    # The newest tokens of each row, for the stop sequences; -1 before the first.
+    recent = jnp.full((batch, stops.shape[1]), -1, jnp.int32).at[:, -1].set(first)
 
     def cond(carry):
-        t, _, _, done, _, _ = carry
+        t, _, _, done, _, _, _ = carry
         return (t < max_new_tokens) & ~jnp.all(done)
 
     def body(carry):
-        t, last, out, done, count, cache = carry
+        t, last, out, done, count, cache, recent = carry
         # Merged inside the loop: NNX modules may not cross into another trace level.
         logits, cache = decode_one(nnx.merge(graphdef, params), cfg, last, cache, prompt_len + t - 1, start_B)
         token = sample(logits, jax.random.fold_in(key, t), temperature, top_k, top_p)
         token = jnp.where(done, pad_id, token)
         out = jax.lax.dynamic_update_slice_in_dim(out, token[:, None], t, axis=1)
         count = count + (~done).astype(jnp.int32)
-        return t + 1, token, out, done | (token == eos_id), count, cache
+        recent = jnp.concatenate([recent[:, 1:], token[:, None]], axis=1)
+        stopped = ~done & stop_matches(recent, count, stops)
+        return t + 1, token, out, done | (token == eos_id) | stopped, count, cache, recent
 
-    carry = (jnp.int32(1), first, out, done, count, cache)
-    _, _, out, _, count, _ = jax.lax.while_loop(cond, body, carry)
+    carry = (jnp.int32(1), first, out, done, count, cache, recent)
+    _, _, out, _, count, _, _ = jax.lax.while_loop(cond, body, carry)
     return {"tokens": out, "num_generated": count}
 
 
@@ -228,7 +255,9 @@ def compile_generate(graphdef: Any, param_shardings: Any, cfg: ModelConfig, mesh
                      max_new_bucket: int, eos_id: int, pad_id: int, dtype: str = "float32") -> Callable[..., dict]:
     """`generate` under jax.jit: params as laid out for training, prompt rows over data/fsdp.
 
-    Call as fn(params, tokens [B, P], lengths [B], seed, max_new_tokens, temperature, top_k, top_p).
+    Call as fn(params, tokens [B, P], lengths [B], seed, max_new_tokens, temperature, top_k, top_p,
+    stops): `stops` (int32 [S, T], see `stop_matches`) defaults to none; each (S, T) shape is
+    its own compile, so callers bucket it.
     The params are converted to the decoding layout on the first call with them (`DecodeLayout`),
     with the kernels held in `dtype` (float32, bfloat16 or int8; see `decode_layout`).
     `fn.lower(...)`, with the same arguments, gives the jax.stages.Lowered program (it converts
@@ -240,13 +269,15 @@ def compile_generate(graphdef: Any, param_shardings: Any, cfg: ModelConfig, mesh
     jitted = jax.jit(
         functools.partial(generate, graphdef=layout.graphdef, cfg=layout.cfg, max_new_bucket=max_new_bucket,
                           eos_id=eos_id, pad_id=pad_id),
-        in_shardings=(layout.shardings, rows, rows, scalar, scalar, scalar, scalar, scalar),
+        in_shardings=(layout.shardings, rows, rows, scalar, scalar, scalar, scalar, scalar, scalar),
         out_shardings={"tokens": rows, "num_generated": rows})
 
-    def arguments(params, tokens, lengths, seed=0, max_new_tokens=None, temperature=0.0, top_k=0, top_p=1.0):
+    def arguments(params, tokens, lengths, seed=0, max_new_tokens=None, temperature=0.0, top_k=0, top_p=1.0,
+                  stops=None):
         return (layout.convert(params), tokens, lengths, np.int32(seed),
                 np.int32(max_new_bucket if max_new_tokens is None else max_new_tokens),
-                np.float32(temperature), np.int32(top_k), np.float32(top_p))
+                np.float32(temperature), np.int32(top_k), np.float32(top_p),
+                no_stops() if stops is None else np.asarray(stops, np.int32))
 
     @functools.wraps(jitted)
     def run(*args, **kwargs):

@@ -2,7 +2,8 @@
 
 Prompts are batched together (left-padded to a power-of-two bucket, so similar calls
 reuse one compile); each starts with [CLS] as the training rows do, and [SEP] ends a
-generation. Sampling runs the compiled loop of autoregressive.py; beam_width > 1 runs
+generation. With a chat template (a fine-tuned workdir's), each prompt is a user message
+rendered as the template renders it for fine-tuning, up to the assistant's opening. Sampling runs the compiled loop of autoregressive.py; beam_width > 1 runs
 beam_search.py on the same prefill and cached step.
 """
 
@@ -14,6 +15,7 @@ import time
 import jax
 import numpy as np
 
+from data.chat_template import TEMPLATE_FILE, ChatTemplate, encode_text, special_tokens, workdir_template
 from model.decode_kernels import WEIGHT_DTYPES
 from train.config import ConfigError
 from train.generate.autoregressive import bucket, compile_generate, left_pad
@@ -57,13 +59,20 @@ class Completions:
     compile_seconds: float
 
 
-def encode_prompts(prompts: list[str], tokenizer, max_len: int, max_new_tokens: int) -> list[list[int]]:
-    """[CLS] + pieces per prompt; an empty or too long prompt is a one-line error naming it."""
+def encode_prompts(prompts: list[str], tokenizer, max_len: int, max_new_tokens: int,
+                   template: ChatTemplate | None = None) -> list[list[int]]:
+    """[CLS] + pieces per prompt (or the chat template's rendering of it as a user message);
+    an empty or too long prompt is a one-line error naming it."""
     rows = []
     for number, text in enumerate(prompts, 1):
         if not text.strip():
             raise ConfigError(f"prompt {number} is empty; give some text to continue")
-        ids = [tokenizer.cls_id] + tokenizer.encode(text)
+        if template is None:
+            ids = [tokenizer.cls_id] + tokenizer.encode(text)
+        else:
+            chat = template.render([{"role": "user", "content": text}], add_generation_prompt=True,
+                                   where=f"prompt {number}")
+            ids = encode_text(tokenizer, chat)
         if len(ids) + max_new_tokens > max_len:
             raise ConfigError(
                 f"prompt {number} ({text[:40]!r}...) is {len(ids)} tokens; with --max_new_tokens={max_new_tokens} "
@@ -72,14 +81,25 @@ def encode_prompts(prompts: list[str], tokenizer, max_len: int, max_new_tokens: 
     return rows
 
 
-def complete(trained, prompts: list[str], sampling: Sampling, dtype: str = "float32") -> Completions:
-    """The continuation of each prompt by the workdir's decoder (one batched call), weights held in `dtype`."""
+def workdir_chat_template(workdir: str, tokenizer) -> ChatTemplate:
+    """A workdir's chat template (decode --chat), rendered with its tokenizer's special tokens."""
+    text = workdir_template(workdir)
+    if text is None:
+        raise ConfigError(f"--chat: {workdir} has no {TEMPLATE_FILE}; fine-tuning (./launch.sh sft) keeps one "
+                          "there, or put a Jinja chat template there yourself")
+    return ChatTemplate(text, special_tokens(tokenizer), f"{workdir}/{TEMPLATE_FILE}")
+
+
+def complete(trained, prompts: list[str], sampling: Sampling, template: ChatTemplate | None = None,
+             dtype: str = "float32") -> Completions:
+    """The continuation of each prompt by the workdir's decoder (one batched call), weights held in
+    `dtype`; with a chat template, the assistant's answer to each prompt."""
     check_dtype(dtype)
     if trained.config.model.arch != "llama":
         raise ConfigError(f"the workdir holds a {trained.config.model.arch} model; decoding needs model.arch=llama "
                           "(for BERT use python -m train.generate.fill_mask_cli)")
-    tok, cfg = trained.data.tokenizer, trained.config.model
-    rows = encode_prompts(prompts, tok, cfg.max_len, sampling.max_new_tokens)
+    tok, cfg = trained.tokenizer, trained.config.model
+    rows = encode_prompts(prompts, tok, cfg.max_len, sampling.max_new_tokens, template)
     batch = left_pad(rows, bucket(max(len(r) for r in rows)), tok.pad_id)
     common = dict(max_new_bucket=bucket(sampling.max_new_tokens), eos_id=tok.sep_id, pad_id=tok.pad_id, dtype=dtype)
     shardings = trained.layout.shardings["params"]

@@ -1,9 +1,11 @@
 """Generate text from a trained decoder workdir.
 
     python -m train.generate.decode_cli --workdir=DIR --prompt="def main(" [--prompt=...] [--prompts_file=FILE]
-        [--max_new_tokens=64] [--temperature=0.8 --top_k=40 --top_p=0.95 --seed=0] [--beam_width=4]
+        [--max_new_tokens=64] [--temperature=0.8 --top_k=40 --top_p=0.95 --seed=0] [--beam_width=4] [--chat]
         [--dtype=float32 | bfloat16 | int8]
 
+--chat sends each prompt as a user message through the workdir's chat template (kept by
+fine-tuning: train/finetune/sft.py), so a fine-tuned model answers it as it learned to.
 --dtype holds the decoder's weights in that dtype for decoding (bfloat16 and int8 compute in
 bfloat16 with float32 accumulation; int8 has per-channel scales): see model/decode_kernels.py.
 
@@ -27,9 +29,10 @@ _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "Tokens to generate per pr
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0 decodes greedily; > 0 samples.")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens (0: all).")
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "Sample within the smallest set of mass >= top_p.")
-_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_SEED = program.SEED
 _BEAM = flags.DEFINE_integer("beam_width", 1, "> 1 runs beam search instead of sampling.")
 _LENGTH_PENALTY = flags.DEFINE_float("length_penalty", 1.0, "Beam score = log-prob / length ** this.")
+_CHAT = flags.DEFINE_bool("chat", False, "Render each prompt as a user message with the workdir's chat template.")
 
 
 def read_prompts() -> list[str]:
@@ -61,13 +64,14 @@ def main(argv: list[str]) -> None:
         raise program.ConfigError(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
     prompts = read_prompts()
     sampling = sampling_from_flags()
-    from train.generate.completions import check_dtype, complete
+    from train.generate.completions import check_dtype, complete, workdir_chat_template
 
     check_dtype(_DTYPE.value)
     from train.workdir import open_workdir
 
     trained = open_workdir(_WORKDIR.value or "", _STEP.value)
-    out = complete(trained, prompts, sampling, _DTYPE.value)
+    template = workdir_chat_template(_WORKDIR.value, trained.data.tokenizer) if _CHAT.value else None
+    out = complete(trained, prompts, sampling, template, _DTYPE.value)
     for text, completion in zip(prompts, out.texts):
         print(f"\n> {text}\n{completion}")
     total = sum(len(ids) for ids in out.token_ids)

@@ -1,28 +1,33 @@
-"""A checkpoint as a Hugging Face Transformers folder: config.json, model.safetensors, tokenizer.
+"""A checkpoint as a Hugging Face Transformers folder: config.json, model.safetensors, tokenizer files.
 
 Tensors are streamed: each parameter is read from the checkpoint, converted to PyTorch
 layout and written before the next one is read (see train/checkpoints/params.py and
-train/interop/safetensors_file.py), so host memory stays near the largest stored array.
+train/interop/safetensors_file.py), so host memory stays near the largest stored array. The
+tokenizer files (tokenizer.json and its configs, generation_config.json for decoders) are
+train/interop/hf_tokenizer_files.py's; a workdir's chat template goes into
+tokenizer_config.json as `chat_template`. A LoRA fine-tune's adapters are merged into their
+kernels (a plain model for serving; train/interop/peft_export.py writes them as a PEFT folder
+instead).
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
-import shutil
 from typing import Iterator
 
 import ml_dtypes
 import numpy as np
 
-from data.tokenizer import Tokenizer
+from data.chat_template import workdir_template
+from model.lora import ADAPTER, merge
 from train.config import ConfigError
 from train.interop.hf_families import Family, family_of, hf_shape, to_hf
 from train.checkpoints.params import CheckpointParams
+from train.interop.hf_tokenizer_files import special_token_ids, write_tokenizer_files
 from train.interop.safetensors_file import TensorSpec, write_safetensors
 
 EXPORT_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
-SPM_FILE = "tokenizer.model"
 
 
 def export_dtype(name: str) -> np.dtype:
@@ -62,40 +67,29 @@ def _hf_tensors(family: Family, source: CheckpointParams, dtype: np.dtype) -> It
     for _, ours, index in tensor_plan(family, source, dtype):
         if ours != current_name:
             current_name, current = ours, None  # drop the previous array before reading the next
-            current = source.read(ours)
+            current = read_merged(source, ours)
         value = current if index is None else current[index]
         yield to_hf(layouts[ours], value).astype(dtype, copy=False)
     del current
 
 
-def special_ids(tokenizer_path: pathlib.Path | None) -> dict[str, int]:
-    """pad/cls/sep/mask ids for config.json, from the run's sentencepiece model."""
-    if tokenizer_path is None:
-        return {"pad_token_id": 0}
-    tok = Tokenizer(tokenizer_path)
-    return {"pad_token_id": tok.pad_id, "cls_token_id": tok.cls_id, "sep_token_id": tok.sep_id,
-            "mask_token_id": tok.mask_id, "unk_token_id": tok.unk_id}
+def read_merged(source: CheckpointParams, name: str) -> np.ndarray:
+    """One parameter, with its LoRA adapter (if the checkpoint has one beside it) folded in."""
+    value = source.read(name)
+    owner, _, leaf = name.rpartition(".")
+    adapter = f"{owner}.{ADAPTER}"
+    if leaf != "kernel" or f"{adapter}.a" not in source.specs:
+        return value
+    lora = source.config.model.lora
+    stacked = name.startswith("layers.")
+    return np.asarray(merge(value, source.read(f"{adapter}.a"), source.read(f"{adapter}.b"),
+                            lora.alpha / lora.rank, stacked=stacked))
 
 
-def write_tokenizer_files(tokenizer_path: pathlib.Path, out: pathlib.Path) -> None:
-    """The sentencepiece model plus the JSON files Transformers' tokenizer loaders read.
-
-    Best effort: the model is saved as `tokenizer.model` (meshlm's own name, read back by
-    import) and `spiece.model` for AlbertTokenizer, a unigram/BPE sentencepiece tokenizer
-    with BERT's [CLS]/[SEP]/[MASK] conventions; whether AutoTokenizer can build a fast
-    tokenizer from it offline depends on the installed transformers.
-    """
-    tok = Tokenizer(tokenizer_path)
-    shutil.copyfile(tokenizer_path, out / SPM_FILE)
-    shutil.copyfile(tokenizer_path, out / "spiece.model")
-    piece = tok.id_to_piece
-    special = {"pad_token": piece(tok.pad_id), "unk_token": piece(tok.unk_id), "cls_token": piece(tok.cls_id),
-               "sep_token": piece(tok.sep_id), "mask_token": piece(tok.mask_id), "bos_token": piece(tok.cls_id),
-               "eos_token": piece(tok.sep_id)}
-    config = {"tokenizer_class": "AlbertTokenizer", "do_lower_case": False, "keep_accents": True,
-              "remove_space": True, "model_max_length": None, **special}
-    (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2, sort_keys=True) + "\n")
-    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+def tokenizer_config_extras(workdir: pathlib.Path) -> dict[str, str]:
+    """tokenizer_config.json fields from the workdir beyond the tokenizer's: its chat template."""
+    template = workdir_template(workdir)
+    return {} if template is None else {"chat_template": template}
 
 
 def export_hf(source: CheckpointParams, out: str | pathlib.Path, dtype_name: str = "float32") -> pathlib.Path:
@@ -105,13 +99,14 @@ def export_hf(source: CheckpointParams, out: str | pathlib.Path, dtype_name: str
     dtype = export_dtype(dtype_name)
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer_path = source.tokenizer_path()
-    config = family.hf_config(source.config.model, special_ids(tokenizer_path))
+    tokenizer = source.tokenizer()
+    config = family.hf_config(source.config.model, special_token_ids(tokenizer))
     config["dtype"] = dtype_name
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     specs = [spec for spec, _, _ in tensor_plan(family, source, dtype)]
     weights = out / "model.safetensors"
     write_safetensors(weights, specs, _hf_tensors(family, source, dtype), metadata={"format": "pt"})
-    if tokenizer_path is not None:
-        write_tokenizer_files(tokenizer_path, out)
+    if tokenizer is not None:
+        write_tokenizer_files(tokenizer, out, family, source.config.model.max_len,
+                              extra_config=tokenizer_config_extras(source.workdir))
     return weights

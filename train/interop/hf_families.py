@@ -73,6 +73,7 @@ class Family:
     hf_config: Callable[[ModelConfig, dict[str, int]], dict[str, Any]]  # (model, special ids)
     model_config: Callable[[dict[str, Any]], ModelConfig]  # ConfigError for unsupported settings
     tied: dict[str, str]  # HF names left out of the file -> the name they are tied to
+    causal: bool = False  # a decoder (generates left to right) rather than an encoder
 
 
 # --- BERT (encoder): BertForMaskedLM. Tested against transformers in tests/test_export_hf.py.
@@ -240,7 +241,7 @@ def _llama_model_config(hf: dict[str, Any]) -> ModelConfig:
 LLAMA = Family(
     name="llama", architecture="LlamaForCausalLM", rules=_llama_rules, unsupported=_llama_unsupported,
     hf_config=_llama_hf_config, model_config=_llama_model_config,
-    tied={"lm_head.weight": "model.embed_tokens.weight"})
+    tied={"lm_head.weight": "model.embed_tokens.weight"}, causal=True)
 
 FAMILIES = {family.name: family for family in (BERT, LLAMA)}
 

@@ -1,28 +1,29 @@
 """Reads a Hugging Face folder (BertForMaskedLM or LlamaForCausalLM) into a workdir.
 
 The workdir gets a step-0 checkpoint (params from model.safetensors, a fresh optimizer
-state), config.json derived from the HF config, and the sentencepiece tokenizer when the
-folder has one. Export, evaluate and fill-mask read it like any training run's; training
-from it starts from the published weights. Settings meshlm cannot express are refused in
-one line. Export -> import -> export reproduces the same tensors bit for bit.
+state), config.json derived from the HF config, the folder's tokenizer (its sentencepiece
+tokenizer.model, else its tokenizer.json with the special tokens its tokenizer_config.json
+names: train/interop/hf_tokenizer_files.py) and its chat template (fine-tuning renders
+conversations with it). Export, evaluate, decode and fill-mask read it like any training
+run's; training from it (`python -m train.main --workdir=DIR`) starts from the published
+weights. Settings meshlm cannot express are refused in one line. Export -> import -> export
+reproduces the same tensors bit for bit.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pathlib
-import shutil
 
 import jax
 import numpy as np
 
+from data.chat_template import hf_folder_template, write_template
 from train import program
 from train.config import Config, ConfigError, DataConfig, validate
 from train.interop.hf_families import Family, family_of_hf, from_hf
+from train.interop.hf_tokenizer_files import import_tokenizer
 from train.interop.safetensors_file import SafetensorsReader
-
-SPM_NAMES = ("tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
 
 
 def read_hf_config(hf_dir: pathlib.Path) -> dict:
@@ -82,14 +83,15 @@ def _hf_tensor(weights: SafetensorsReader, name: str, layout: str, shape: tuple[
 
 
 def import_hf(hf_dir: str | pathlib.Path, workdir: str | pathlib.Path) -> Config:
-    """Writes workdir/{config.json, tokenizer.model, checkpoints/0} from an HF folder."""
+    """Writes workdir/{config.json, the tokenizer, checkpoints/0} from an HF folder."""
     from train.checkpoints.manager import Checkpoints
     from train.mesh import make_mesh
     from train.optimizer import make_optimizer
     from train.state import state_layout
 
     hf_dir, workdir = pathlib.Path(hf_dir), pathlib.Path(workdir)
-    family, config = config_from_hf(read_hf_config(hf_dir), hf_dir)
+    hf_config = read_hf_config(hf_dir)
+    family, config = config_from_hf(hf_config, hf_dir)
     if not (hf_dir / "model.safetensors").is_file():
         raise ConfigError(f"--hf_dir={hf_dir} has no model.safetensors (sharded or .bin checkpoints are not supported)")
     if (workdir / "checkpoints").is_dir() and any((workdir / "checkpoints").iterdir()):
@@ -97,10 +99,9 @@ def import_hf(hf_dir: str | pathlib.Path, workdir: str | pathlib.Path) -> Config
     params = read_hf_params(family, config, SafetensorsReader(hf_dir / "model.safetensors"))
     workdir = program.writable_workdir(str(workdir))
     meta = {"config": json.loads(config.to_json()), "imported_from": str(hf_dir.absolute())}
-    spm = next((hf_dir / n for n in SPM_NAMES if (hf_dir / n).is_file()), None)
-    if spm is not None:
-        shutil.copyfile(spm, workdir / "tokenizer.model")
-        meta["tokenizer_sha256"] = hashlib.sha256(spm.read_bytes()).hexdigest()
+    tokenizer = import_tokenizer(hf_dir, workdir, hf_config, config.model.vocab_size)
+    if tokenizer is not None:
+        meta["tokenizer_sha256"] = tokenizer.sha256()
     mesh = make_mesh((1, 1, 1), jax.devices()[:1])
     tx, _ = make_optimizer(config.optim, config.train.steps)
     layout = state_layout(config.model, tx, mesh)
@@ -108,6 +109,9 @@ def import_hf(hf_dir: str | pathlib.Path, workdir: str | pathlib.Path) -> Config
     opt_state = jax.jit(tx.init, out_shardings=layout.shardings["opt_state"])(device_params)
     state = {"step": jax.device_put(np.int32(0), layout.shardings["step"]), "params": device_params,
              "opt_state": opt_state}
+    template = hf_folder_template(hf_dir)
+    if template is not None:
+        write_template(workdir, template)
     checkpoints = Checkpoints(workdir, use_async=False)
     checkpoints.save(0, state, meta)
     checkpoints.wait()

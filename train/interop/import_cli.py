@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from absl import flags
 
+from data.tokenizer import tokenizer_file
 from train import program
 from train.config import ConfigError
 from train.interop.hf_import import import_hf
@@ -21,8 +22,11 @@ def main(argv: list[str]) -> None:
         raise ConfigError("--workdir is required: the meshlm workdir to create")
     config = import_hf(hf_dir, workdir)
     m = config.model
+    tokenizer = tokenizer_file(workdir)
+    told = (f"tokenizer {tokenizer.name}" if tokenizer else
+            "no tokenizer in the folder (put the model's tokenizer.model or tokenizer.json in the workdir)")
     print(f"imported {hf_dir} into {workdir} as checkpoint step 0: {m.num_layers} layers, "
-          f"hidden {m.hidden}, vocab {m.vocab_size}")
+          f"hidden {m.hidden}, vocab {m.vocab_size}; {told}")
 
 
 if __name__ == "__main__":  # --hf_dir only here; --workdir (the workdir to create) is cli's

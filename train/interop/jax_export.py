@@ -27,6 +27,7 @@ fills the same cache).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 from typing import Any, Callable
@@ -72,8 +73,13 @@ def check_jax_dtype(name: str) -> str:
 
 
 def _graphdef_and_weights(source: CheckpointParams, weight_dtype: np.dtype) -> tuple[Any, dict[str, Any]]:
-    """The model's graph and the flat weights' abstract values, as every exported function takes them."""
-    graphdef, _, _ = param_shardings(source.config.model, make_mesh((1,)*3, jax.devices()[:1]))
+    """The model's graph and the flat weights' abstract values, as every exported function takes them.
+
+    Attention runs the XLA path: it serves the symbolic length and every platform (the
+    fused kernels need a concrete length and their own chip).
+    """
+    model_cfg = dataclasses.replace(source.config.model, attention_impl="xla")
+    graphdef, _, _ = param_shardings(model_cfg, make_mesh((1,)*3, jax.devices()[:1]))
     weights = {name: jax.ShapeDtypeStruct(shape, weight_dtype) for name, (shape, _) in source.specs.items()}
     return graphdef, weights
 

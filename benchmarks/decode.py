@@ -40,7 +40,7 @@ from absl import app, flags
 from flax import nnx
 
 from model.config import ModelConfig
-from model.decode_kernels import WEIGHT_DTYPES
+from model.precision import WEIGHT_DTYPES
 from train.generate.autoregressive import compile_generate, left_pad
 from train.mesh import make_mesh
 from train.state import model_factory, param_shardings

@@ -27,9 +27,10 @@ from flax import nnx
 
 from model.attention import cached_attention, self_attention
 from model.block import DecoderBlock
-from model.decode_kernels import DecodeKernel, compute_dtype
+from model.decode_kernels import DecodeKernel
 from model.kv_cache import write_cache
 from model.lora import merged_kernel
+from model.precision import compute_dtype
 from model.rope import apply_rope
 from model.sharding import constrain
 

@@ -21,7 +21,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from model.config import ModelConfig
-from model.decode_kernels import compute_dtype
+from model.precision import compute_dtype
 from model.kv_cache import KVCache, cache_logical_names, init_cache, num_slots
 from model.sharding import constrain
 from train.mesh import batch_sharding, replicated, sharding_context

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from data.chat_template import TEMPLATE_FILE, ChatTemplate, encode_text, special_tokens, workdir_template
-from model.decode_kernels import WEIGHT_DTYPES
+from model.precision import WEIGHT_DTYPES
 from train.config import ConfigError
 from train.generate.autoregressive import bucket, compile_generate, left_pad
 from train.generate.beam_search import compile_beam_search

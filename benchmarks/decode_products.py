@@ -1,8 +1,9 @@
 """Where a decode step's time goes on XLA:CPU: one matrix product per kernel, in each weight dtype.
 
 A decode step multiplies one or a few rows by every kernel, so it should run at the rate
-memory delivers the kernels. This times the products model/decode_kernels.py chooses
-between, on the benchmark decoder's widest layer kernel (gate/up: [4096, 768]), in two
+memory delivers the kernels. This times the products model/precision.py's `project_held` chooses
+between (and qwix's own weight-only and w8a8 products, as a model quantized by qwix would
+run them), on the benchmark decoder's widest layer kernel (gate/up: [4096, 768]), in two
 settings: one 0.8 MB kernel [512, 768] multiplied 64 times in a row (it stays in cache: the
 product's own cost) and 16 different [4096, 768] kernels (the kernels come from memory).
 Each line prints the kernel bytes read per second, so a form that does extra work per byte
@@ -18,6 +19,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import qwix
 from absl import app, flags
 
 _ROUNDS = flags.DEFINE_integer("rounds", 10, "Timed rounds; the best of each form is kept.")
@@ -29,8 +31,13 @@ def _quantized_rows(x: jax.Array) -> jax.Array:
     return jnp.round(x * 100.0).astype(I8)
 
 
+def _qwix_weight(w: jax.Array) -> qwix.QArray:
+    """An int8 [N, K] kernel as qwix holds it: a float32 scale per output channel."""
+    return qwix.QArray(w, jnp.full((w.shape[0], 1), 0.01, F32))
+
+
 def _kernel_first(w: jax.Array, rows: jax.Array, accumulate=F32) -> jax.Array:
-    """[N, K] x [M, K] -> [M, N] with the kernel as the first operand, as model/decode_kernels.py writes it."""
+    """[N, K] x [M, K] -> [M, N] with the kernel as the first operand, as model/precision.py's project_held writes it."""
     y = jax.lax.dot_general(w, rows, ROWS_BY_KERNEL, preferred_element_type=accumulate)
     return jax.lax.optimization_barrier(y).T.astype(F32)
 
@@ -47,6 +54,12 @@ FORMS = {
         BF16, 2, lambda w, x: _kernel_first(w, x.astype(BF16))),
     "int8 weight-only, 2 bf16 rows (a bf16 copy of the kernel)": (
         I8, 2, lambda w, x: _kernel_first(w.astype(BF16), x.astype(BF16))),
+    "qwix weight-only (qwix.dot_general, bf16 rows x int8 QArray)": (
+        I8, 2, lambda w, x: qwix.dot_general(x.astype(BF16), _qwix_weight(w), ROWS_BY_KERNEL,
+                                             preferred_element_type=F32)),
+    "qwix w8a8 (qwix.dot_general, int8 rows x int8 QArray)": (
+        I8, 2, lambda w, x: qwix.dot_general(qwix.quantize(x, I8, channelwise_axes=(0,)), _qwix_weight(w),
+                                             ROWS_BY_KERNEL, preferred_element_type=F32)),
     "int8 x int8 -> int32, 2 rows, kernel first (the int8 layout)": (
         I8, 2, lambda w, x: _kernel_first(w, _quantized_rows(x), jnp.int32)),
 }

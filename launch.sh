@@ -145,7 +145,10 @@ case "$cmd" in
     ;;
   test)
     ensure_venv "test,hf,eval"
-    "$PY" -m pytest "$@"
+    # One worker process per core (at most 4), each test file on one worker so that its fixtures
+    # are built once; MESHLM_TEST_WORKERS=0 runs in this process. Later -n/--dist flags win.
+    workers="${MESHLM_TEST_WORKERS:-$(( $(nproc) < 4 ? $(nproc) : 4 ))}"
+    "$PY" -m pytest -n "$workers" --dist loadfile "$@"
     ;;
   train)
     ensure_venv ""

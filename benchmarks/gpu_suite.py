@@ -1,21 +1,27 @@
-"""One prepared accelerator run: the bf16 matmul peak, train-step MFU at real model sizes, and
-fused against XLA attention.
+"""One prepared accelerator run: the bf16 matmul peak, train-step MFU and decoding at real model
+sizes, and fused against XLA attention.
 
 Runs on whatever `jax.devices()[0]` is (meant for one GPU or TPU chip): it measures the
-chip's bf16 matmul FLOP/s, then times meshlm's jitted train step (bf16 compute, fp32
+chip's bf16 matmul FLOP/s, then times meshlm's jitted bf16 train step (bf16 compute, fp32
 parameters and AdamW state) for the BERT-large shape (MLM) and a ~1.1B Llama decoder
 (configs/llama_1b.py; causal LM), and prints MFU against the datasheet peak of the chip
-(train/flops.py's table) and against the measured peak.
+(train/flops.py's table) and against the measured peak. Then it times the decoding loop
+(train/generate/autoregressive.py) of the ~1.1B decoder with its weights held in float32,
+bfloat16 and int8 (model/decode_kernels.py; int8 is weight-only on accelerators) at batch 1
+and 8: 32-token prompts, 128 new tokens, and each loop's steps/s against the memory roof
+(the weight bytes a step reads over the chip's measured read bandwidth).
 
 `attention` times the llama_1b train step with the platform's fused attention (cuDNN on a
 GPU, Splash on a TPU) against the XLA path at 2k and 8k tokens a row (the same 16k tokens
 a step), after checking on packed rows that the fused kernel's outputs and gradients
 match the XLA path's: step time, MFU, XLA's planned memory for the step and the device's
 peak. `--dry_run` runs all of it at toy sizes on a CPU (Splash interpreted as the fused
-kernel), to show the script works before a chip is lent.
+kernel; configs/gpt_tiny.py in place of each train-step and decoding model), to show the
+script works before a chip is lent.
 
     ./launch.sh run benchmarks.gpu_suite [--steps=10] [--only=bert_large,llama_1b,attention]
-    ./launch.sh run benchmarks.gpu_suite --only=attention --dry_run
+        [--decode=llama_1b] [--decode_dtypes=float32,bfloat16,int8] [--decode_batches=1,8]
+    ./launch.sh run benchmarks.gpu_suite --dry_run
 """
 
 from __future__ import annotations
@@ -27,23 +33,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
+from flax import nnx
 
 from benchmarks.peak_flops import matmul_flops_per_sec
 from model.attention import self_attention
 from train.config import Config, load_config
 from train.flops import non_embedding_params, peak_flops_per_device, train_flops_per_token
+from train.generate.autoregressive import compile_generate, left_pad
 from train.masking import MaskingSpec, prediction_budget
 from train.mesh import attention_kernel, make_mesh, sharding_context, to_global
 from train.optimizer import make_optimizer
-from train.state import init_state, state_layout
+from train.state import init_state, model_factory, param_shardings, state_layout
 from train.steps import compile_train_step
 
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per model (after 2 warm-up steps).")
-_ONLY = flags.DEFINE_list("only", ["bert_large", "llama_1b", "attention"], "What to time.")
+_ONLY = flags.DEFINE_list("only", ["bert_large", "llama_1b", "attention"], "What to time (bf16 train steps, attention).")
 _LENGTHS = flags.DEFINE_list("attention_lengths", ["2048", "8192"], "Row lengths for `attention`.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Toy sizes on any device (a CPU runs Splash interpreted).")
+_DECODE = flags.DEFINE_list("decode", ["llama_1b"], "Decoders whose decoding loop is timed.")
+_DECODE_DTYPES = flags.DEFINE_list("decode_dtypes", ["float32", "bfloat16", "int8"], "Decoding weight dtypes.")
+_DECODE_BATCHES = flags.DEFINE_list("decode_batches", ["1", "8"], "Decoding batch sizes.")
 
 TOKENS_PER_STEP = 16384  # `attention`: rows of each length fill the same tokens a step
+PROMPT, NEW = 32, 128  # decoding rows
 
 
 def bert_large() -> Config:
@@ -63,6 +75,11 @@ def llama_1b() -> Config:
     return config
 
 
+def gpt_tiny() -> Config:
+    """configs/gpt_tiny.py: every train-step and decoding row's code in seconds on a CPU (--dry_run)."""
+    return load_config("configs/gpt_tiny.py")
+
+
 def llama_1b_at(seq_len: int, attention_impl: str) -> Config:
     """llama_1b with rows of `seq_len` tokens (TOKENS_PER_STEP a step) and the given attention."""
     config = load_config("configs/llama_1b.py")
@@ -77,7 +94,12 @@ def llama_1b_at(seq_len: int, attention_impl: str) -> Config:
     return config
 
 
-MODELS = {"bert_large": bert_large, "llama_1b": llama_1b}
+MODELS = {"bert_large": bert_large, "llama_1b": llama_1b, "gpt_tiny": gpt_tiny}
+
+
+def model_config(name: str) -> Config:
+    """The named model's config; under --dry_run, gpt_tiny's in its place."""
+    return gpt_tiny() if _DRY_RUN.value else MODELS[name]()
 
 
 @dataclasses.dataclass
@@ -204,6 +226,44 @@ def attention_suite(steps: int, peak: float | None) -> None:
                   + (" (interpreted Splash on a CPU: no speed signal)" if platform == "cpu" else ""))
 
 
+def read_bandwidth(repeats: int = 5) -> float:
+    """Bytes/s of the best of `repeats` reductions over a 1 GiB bfloat16 array (the chip's read rate)."""
+    size = (1 << 30) // 2
+    if jax.default_backend() == "cpu":
+        size //= 4  # 256 MiB: beyond any CPU cache, within a small host's memory
+    data = jnp.ones((size // 4096, 4096), jnp.bfloat16)
+    total = jax.jit(lambda a: jnp.sum(a, axis=1, dtype=jnp.float32))  # along rows: XLA:CPU streams them
+    total(data).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        total(data).block_until_ready()
+        best = min(best, time.perf_counter() - started)
+    return data.nbytes / best
+
+
+def time_decode(config: Config, dtype: str, batch: int, repeats: int = 3) -> tuple[float, float, int]:
+    """(decoding loop steps/s without the prefill, tokens/s, weight bytes a step reads), best of `repeats`."""
+    m = dataclasses.replace(config.model, dtype="float32", param_dtype="float32", max_len=PROMPT + NEW)
+    mesh = make_mesh((1, 1, 1), jax.devices()[:1])
+    graphdef, _, shardings = param_shardings(m, mesh)
+    params = jax.jit(lambda: nnx.to_pure_dict(nnx.state(model_factory(m)(0))), out_shardings=shardings)()
+    run = compile_generate(graphdef, shardings, m, mesh, max_new_bucket=NEW, eos_id=-1, pad_id=0, dtype=dtype)
+    weight_bytes = sum(x.nbytes for x in jax.tree.leaves(run.layout.convert(params)))
+    rows = np.random.default_rng(0).integers(5, m.vocab_size, (batch, PROMPT))
+    prompts = left_pad([list(row) for row in rows], PROMPT, 0)
+
+    def seconds(new: int) -> float:
+        started = time.perf_counter()
+        np.asarray(run(params, prompts.tokens, prompts.lengths, max_new_tokens=new)["tokens"])
+        return time.perf_counter() - started
+
+    seconds(NEW), seconds(1)  # compile and warm up
+    full = min(seconds(NEW) for _ in range(repeats))
+    first = min(seconds(1) for _ in range(repeats))
+    return (NEW - 1) / max(full - first, 1e-9), batch * NEW / full, weight_bytes
+
+
 def main(argv: list[str]) -> None:
     del argv
     device = jax.devices()[0]
@@ -216,16 +276,29 @@ def main(argv: list[str]) -> None:
         if name == "attention":
             attention_suite(steps, datasheet or measured)
             continue
-        if _DRY_RUN.value:
-            continue  # the full-size models do not fit a CPU run
-        config = MODELS[name]()
+        config = model_config(name)  # the full-size models do not fit a CPU run: gpt_tiny under --dry_run
         timing = time_train_step(config, steps)
         tokens = config.train.batch_size * config.data.seq_len / timing.seconds
         achieved = timing.flops_per_token * tokens
         vs_sheet = f"{achieved / datasheet:.1%}" if datasheet else "n/a"
-        print(f"{name}: {timing.params / 1e9:.2f}B params, batch {config.train.batch_size} x {config.data.seq_len}, "
+        print(f"{name}{' (dry run: gpt_tiny)' if _DRY_RUN.value else ''} bf16 train step: "
+              f"{timing.params / 1e9:.2f}B params, batch {config.train.batch_size} x {config.data.seq_len}, "
               f"{timing.seconds * 1e3:.0f} ms/step, {tokens:,.0f} tokens/s, {achieved / 1e12:.1f} model TFLOP/s; "
               f"MFU {vs_sheet} of datasheet, {achieved / measured:.1%} of measured matmul peak")
+    if not _DECODE.value:
+        return
+    bandwidth = read_bandwidth()
+    print(f"read bandwidth (bf16 reduction over {'256 MiB' if jax.default_backend() == 'cpu' else '1 GiB'}): "
+          f"{bandwidth / 1e9:.0f} GB/s")
+    for name in _DECODE.value:
+        config = model_config(name)
+        for dtype in _DECODE_DTYPES.value:
+            for batch in (int(b) for b in _DECODE_BATCHES.value):
+                steps, tokens, weight_bytes = time_decode(config, dtype, batch)
+                roof = bandwidth / weight_bytes
+                print(f"{name}{' (dry run: gpt_tiny)' if _DRY_RUN.value else ''} decode {dtype} batch {batch}: {tokens:,.1f} tokens/s (prompt {PROMPT}, {NEW} new); "
+                      f"loop {steps:,.1f} steps/s = {steps / roof:.0%} of the memory roof "
+                      f"({weight_bytes / 1e6:,.0f} MB of weights per step, {roof:,.1f} steps/s)")
 
 
 if __name__ == "__main__":

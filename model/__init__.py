@@ -25,9 +25,11 @@ Parameter names (path in `BertMLM`: names; `layers` leads every stacked paramete
                its pooler is laid out like head.transform
     layers     the stacked-layer axis of every parameter under `layers.`
     (decoding) the decoder's decoding layout (model/fused_block.py) regroups each layer as
-               qkv (heads or kv_heads, None, 'head_dim', 'embed'), out ('embed','heads','head_dim'),
-               gate_up (None, 'mlp', 'embed'), down ('embed','mlp'), an untied lm_head.kernel
-               ('vocab','embed'): the same names, no new rules
+               qkv.kernel (heads or kv_heads, None, 'head_dim', 'embed'), out.kernel ('embed','heads',
+               'head_dim'), gate_up.kernel (None, 'mlp', 'embed'), down.kernel ('embed','mlp'), and holds
+               the word table (tied) or lm_head (untied) as a [vocab, embed] kernel ('vocab','embed');
+               int8 kernels (model/decode_kernels.py) add a `scale` named by their output axes: the
+               same names, no new rules
     None       the row axis of the position and token-type tables
 
 Activation names: act_batch, act_length, act_kv_length, act_embed, act_heads, act_kv_heads,
@@ -38,7 +40,8 @@ act_length may be split over a sequence axis. Constraints apply only while both 
 (`jax.set_mesh`) and rules (`nnx.logical_axis_rules`) are active at trace time; without
 them the model runs on one device with no context at all.
 
-May import: jax and flax only; never data/ or train/, and nothing here compiles: the jit boundaries are all in train/.
+May import: jax, flax, and qwix (int8 decoding kernels); never data/ or train/, and nothing here compiles: the jit
+boundaries are all in train/.
 """
 
 from model.classifier import BertClassifier

@@ -22,7 +22,7 @@ from model import lora, precision
 from model.config import ATTENTION_IMPLS, LoraConfig, cudnn_misfit
 from model.cudnn import cudnn_attention
 from model.dropout import dropout, site_key
-from model.kv_cache import LAYOUT as CACHE_LAYOUT
+from model.kv_cache import LAYOUT as CACHE_LAYOUT, cache_values
 from model.rope import apply_rope
 from model.sharding import constrain, logical_spec, mesh_axes_size, param_init
 from model.splash import splash_attention
@@ -129,7 +129,7 @@ def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache_k: jax.Arra
     num_kv_heads = k.shape[2]
     f32 = jnp.float32
     q = jnp.einsum("btkgd->bkgtd", q.reshape(batch, length, num_kv_heads, num_heads // num_kv_heads, head_dim))
-    keys = jnp.einsum(f"{CACHE_LAYOUT['k']}->bkds", cache_k)[:, :, None, None].astype(f32)  # [B,K,1,1,D,S]
+    keys = jnp.einsum(f"{CACHE_LAYOUT['k']}->bkds", cache_values(cache_k))[:, :, None, None].astype(f32)  # [B,K,1,1,D,S]
     cached = jnp.sum(q[..., None].astype(f32) * keys, axis=-2)  # [B,K,G,T,S]
     new = jnp.einsum("bkgtd,bskd->bkgts", q, k, preferred_element_type=f32)
     causal = jnp.arange(length)[:, None] >= jnp.arange(length)[None, :]
@@ -138,7 +138,7 @@ def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache_k: jax.Arra
                               jnp.where(causal, new * scale, MASKED_LOGIT)], axis=-1)
     probs = jax.nn.softmax(scores, axis=-1)
     slots = cached.shape[-1]
-    values = jnp.einsum(f"{CACHE_LAYOUT['v']}->bksd", cache_v)[:, :, None, None].astype(f32)  # [B,K,1,1,S,D]
+    values = jnp.einsum(f"{CACHE_LAYOUT['v']}->bksd", cache_values(cache_v))[:, :, None, None].astype(f32)  # [B,K,1,1,S,D]
     out = jnp.sum(probs[..., :slots, None] * values, axis=-2)  # [B,K,G,T,D]
     out = out + jnp.einsum("bkgts,bskd->bkgtd", probs[..., slots:], v.astype(f32))
     return jnp.einsum("bkgtd->btkgd", out).reshape(batch, length, num_heads, head_dim).astype(v.dtype)

@@ -27,7 +27,8 @@ from model.block import DecoderBlock
 from model.config import ModelConfig
 from model.dropout import layer_keys, site_key
 from model.embeddings import embedding_table, lookup_rows
-from model.fused_block import DecodeLMHead, FusedDecoderBlock, weight_first
+from model.decode_kernels import DecodeKernel
+from model.fused_block import FusedDecoderBlock
 from model.kv_cache import KVCache, write_cache
 from model.norm import RMSNorm
 from model.sharding import constrain, param_init
@@ -78,14 +79,11 @@ class LlamaLM(nnx.Module):
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Float32 logits [..., vocab] for final hidden states [..., hidden]."""
-        if self.tied and self.decode_layout:  # weight first, as in model/fused_block.py
-            logits = weight_first(self.embed.embedding[...].astype(self.dtype), hidden, 1,
-                                  preferred_element_type=jnp.float32)
+        if self.decode_layout:  # the tied word table or the untied head, held [vocab, embed]
+            logits = (self.embed if self.tied else self.lm_head)(hidden, jnp.float32)
         elif self.tied:
             logits = precision.project(hidden.astype(self.dtype), self.embed.embedding[...],
                                        kernel_transposed=True, out_dtype=jnp.float32)
-        elif self.decode_layout:  # DecodeLMHead: the kernel held [vocab, embed]
-            logits = self.lm_head(hidden)
         else:
             logits = precision.project(hidden, self.lm_head.kernel[...], dtype=self.dtype, out_dtype=jnp.float32)
         if logits.ndim == 3:
@@ -123,18 +121,22 @@ class LlamaLM(nnx.Module):
         """Whether the layers are held as a list of blocks (see `to_decode_layout`)."""
         return isinstance(self.layers, nnx.List)
 
-    def to_decode_layout(self) -> None:
+    def to_decode_layout(self, weights: str = "float32") -> None:
         """Holds the layers as a list of fused blocks instead of stacked arrays (one copy of their weights).
 
         A decoding loop reads every layer's weights at every step. Sliced out of stacked
         arrays inside the loop they are copied per step (or, hoisted, per call: a fresh copy
         of all the weights); in this layout each matmul reads them where they lie, four
         matmuls per layer instead of seven (model/fused_block.py). Training keeps the
-        stacked layout (its scan compiles once for all layers).
+        stacked layout (its scan compiles once for all layers). `weights` is the dtype the
+        kernels and the output projection are held in (model/decode_kernels.py); the tied
+        word table too, since it is the output projection.
         """
-        self.layers = nnx.List([FusedDecoderBlock(block) for block in self.blocks()])
-        if not self.tied:
-            self.lm_head = DecodeLMHead(self.lm_head)
+        self.layers = nnx.List([FusedDecoderBlock(block, weights) for block in self.blocks()])
+        if self.tied:
+            self.embed = DecodeKernel(self.embed.embedding[...], ("vocab", "embed"), 1, weights)
+        else:
+            self.lm_head = DecodeKernel(self.lm_head.kernel[...].T, ("vocab", "embed"), 1, weights)
 
     def blocks(self) -> list[DecoderBlock | FusedDecoderBlock]:
         """The layers as separate blocks: as held, or static slices of the stacked arrays."""
@@ -144,5 +146,8 @@ class LlamaLM(nnx.Module):
         return [nnx.merge(graphdef, nnx.spmd.remove_axis(state, 0, LAYERS_AXIS)) for state in unstack_layers(stacked)]
 
     def _embed(self, tokens: jax.Array) -> jax.Array:
-        x = lookup_rows(self.embed, tokens, ("act_vocab", None))
+        if isinstance(self.embed, DecodeKernel):
+            x = self.embed.rows(tokens)
+        else:
+            x = lookup_rows(self.embed, tokens, ("act_vocab", None))
         return constrain(x, ("act_batch", "act_length", "act_embed"))  # float32 residual stream

@@ -7,35 +7,38 @@ groups keep tensor parallelism intact: q/k/v are grouped per key/value head
 and gate/up per MLP unit ([2, mlp, embed]), so sharding the head or MLP axis keeps each
 group on one device.
 
-Kernels are held [out, in] and each matmul is written weight first (`W x^T`, then the
-small result transposed): XLA:CPU then streams every kernel row by row as it lies. At 8
-rows per step that form reads weights ~1.7x faster than `x W` with [in, out] kernels
-(and as fast at 1 row); `x W^T` with the same [out, in] kernels sits in between, and a
-kernel whose contracted axis is not its last one gets a transposing copy per step.
-`FusedDecoderBlock(block)` builds it from a trained `DecoderBlock` (the same numbers,
-regrouped, with any LoRA adapters merged into their kernels); training never sees this layout. `DecodeLMHead` does the same for an untied
-LM head.
+Kernels are held [out, in] as `DecodeKernel`s (model/decode_kernels.py), in float32,
+bfloat16 or int8: in float32 each matmul is written weight first (`W x^T`, then the small
+result transposed), so XLA:CPU streams every kernel row by row as it lies. At 8 rows per
+step that form reads weights ~1.7x faster than `x W` with [in, out] kernels (and as fast
+at 1 row); `x W^T` with the same [out, in] kernels sits in between, and a kernel whose
+contracted axis is not its last one gets a transposing copy per step.
+`FusedDecoderBlock(block, weights)` builds it from a trained `DecoderBlock` (the same
+numbers, regrouped, with any LoRA adapters merged into their kernels, held in `weights`);
+training never sees this layout. The decoder holds its output projection (the tied word
+table or an untied LM head) the same way.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from model.attention import cached_attention, self_attention
 from model.block import DecoderBlock
+from model.decode_kernels import DecodeKernel
 from model.kv_cache import write_cache
 from model.lora import merged_kernel
+from model.precision import compute_dtype
 from model.rope import apply_rope
-from model.sharding import constrain, named_param
+from model.sharding import constrain
 
 
 class FusedDecoderBlock(nnx.Module):
     """The Llama layer of `DecoderBlock` with fused kernels; same outputs, inference only."""
 
-    def __init__(self, block: DecoderBlock):
+    def __init__(self, block: DecoderBlock, weights: str = "float32"):
         attention, mlp = block.attention, block.mlp
         q, k, v = (merged_kernel(p) for p in (attention.query, attention.key, attention.value))  # [D, heads, Dh]
         hidden, num_heads, head_dim = q.shape
@@ -43,15 +46,17 @@ class FusedDecoderBlock(nnx.Module):
         grouped = q.reshape(hidden, num_kv_heads, num_heads // num_kv_heads, head_dim)
         qkv = jnp.concatenate([grouped, k[:, :, None], v[:, :, None]], axis=2)  # [D, K, G+2, Dh]
         kv_name = "kv_heads" if num_kv_heads != num_heads else "heads"
-        self.qkv = named_param(jnp.transpose(qkv, (1, 2, 3, 0)), (kv_name, None, "head_dim", "embed"))  # [K, G+2, Dh, D]
-        self.out = named_param(jnp.transpose(merged_kernel(attention.out), (2, 0, 1)), ("embed", "heads", "head_dim"))
-        self.gate_up = named_param(jnp.stack([merged_kernel(mlp.gate).T, merged_kernel(mlp.up).T]), (None, "mlp", "embed"))
-        self.down = named_param(merged_kernel(mlp.down).T, ("embed", "mlp"))
+        self.qkv = DecodeKernel(jnp.transpose(qkv, (1, 2, 3, 0)), (kv_name, None, "head_dim", "embed"), 1,
+                                weights)  # [K, G+2, Dh, D]
+        self.out = DecodeKernel(jnp.transpose(merged_kernel(attention.out), (2, 0, 1)),
+                                ("embed", "heads", "head_dim"), 2, weights)
+        self.gate_up = DecodeKernel(jnp.stack([merged_kernel(mlp.gate).T, merged_kernel(mlp.up).T]),
+                                    (None, "mlp", "embed"), 1, weights)
+        self.down = DecodeKernel(merged_kernel(mlp.down).T, ("embed", "mlp"), 1, weights)
         self.attention_norm, self.mlp_norm = block.attention_norm, block.mlp_norm
         self.kv_act_name = attention.kv_act_name
         self.attention_impl, self.max_segments = attention.attention_impl, attention.max_segments
         self.rope_theta = attention.rope_theta
-        self.dtype = block.dtype
 
     def __call__(self, x: jax.Array, segment_ids: jax.Array, positions: jax.Array, *,
                  dropout_key: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -75,7 +80,7 @@ class FusedDecoderBlock(nnx.Module):
     def _project(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """q [B, L, H, D] and k, v [B, L, K, D], rotated by `positions`."""
         h = self.attention_norm(x)
-        qkv = weight_first(self.qkv[...].astype(self.dtype), h, 1)
+        qkv = self.qkv(h)
         batch, length, num_kv_heads, slots, head_dim = qkv.shape  # slots: the group's queries, key, value
         q = qkv[:, :, :, :slots - 2].reshape(batch, length, num_kv_heads * (slots - 2), head_dim)
         q = constrain(q, ("act_batch", "act_length", "act_heads", "act_head_dim"))
@@ -89,38 +94,14 @@ class FusedDecoderBlock(nnx.Module):
     def _residual_attention(self, x: jax.Array, out: jax.Array) -> jax.Array:
         """x plus the attention output [B, L, H, D] projected back to the residual stream (float32)."""
         out = constrain(out, ("act_batch", "act_length", "act_heads", "act_head_dim"))
-        h = weight_first(self.out[...].astype(self.dtype), out, 2)
+        h = self.out(out)
         return x.astype(jnp.float32) + constrain(h, ("act_batch", "act_length", "act_embed")).astype(jnp.float32)
 
     def _mlp_residual(self, x: jax.Array) -> jax.Array:
         h = self.mlp_norm(x)
-        gate_up = weight_first(self.gate_up[...].astype(self.dtype), h, 1).astype(jnp.float32)
+        gate_up = self.gate_up(h, jnp.float32)
         h = jax.nn.silu(gate_up[:, :, 0]) * gate_up[:, :, 1]
-        h = constrain(h.astype(self.dtype), ("act_batch", "act_length", "act_mlp"))
-        h = weight_first(self.down[...].astype(self.dtype), h, 1)
+        h = constrain(h.astype(compute_dtype(self.down.weights)), ("act_batch", "act_length", "act_mlp"))
+        h = self.down(h)
         x = x + constrain(h, ("act_batch", "act_length", "act_embed")).astype(jnp.float32)
         return constrain(x, ("act_batch", "act_length", "act_embed"))
-
-
-class DecodeLMHead(nnx.Module):
-    """An untied LM head held [vocab, embed] for decoding: logits = kernel h^T (see above)."""
-
-    def __init__(self, head: nnx.Linear):
-        self.kernel = named_param(head.kernel[...].T, ("vocab", "embed"))
-        self.dtype = head.dtype
-
-    def __call__(self, hidden: jax.Array) -> jax.Array:
-        return weight_first(self.kernel[...].astype(self.dtype), hidden, 1, preferred_element_type=jnp.float32)
-
-
-def weight_first(kernel: jax.Array, x: jax.Array, in_dims: int, preferred_element_type=None) -> jax.Array:
-    """x [..., *in] times kernel [*out, *in] -> [..., *out], computed as kernel x^T (see above).
-
-    Both sides are reshaped to 2-D first: given the multi-axis einsum, XLA swapped the
-    operands back and copied the kernel at every step.
-    """
-    out_shape, in_shape = kernel.shape[:kernel.ndim - in_dims], kernel.shape[kernel.ndim - in_dims:]
-    w = kernel.reshape(-1, int(np.prod(in_shape)))
-    rows = x.reshape(-1, w.shape[1])
-    y = jnp.einsum("nd,md->nm", w, rows, preferred_element_type=preferred_element_type).T
-    return y.reshape(*x.shape[:x.ndim - in_dims], *out_shape)

@@ -17,6 +17,12 @@ that took ~20% less time at batch 8 than batched matmuls over the transposed lay
 (M=3 matmuls per row and head: 375 vs 490 us per layer), and about the same at batch 1.
 `LAYOUT` is the one place that says this. An exported decode step takes the cache
 stacked ([layers, ...]; `stack_cache` / `unstack_cache`).
+
+A bfloat16 cache is held as its 16-bit patterns (uint16; `held_dtype`, `cache_values`
+reads it as bfloat16): XLA:CPU updates a bfloat16 array through a float32 copy of it
+(converted there and back at every step), and a uint16 update viewed as bfloat16 after
+it rewrites the whole array, while a uint16 array is updated in place. The stacked form
+holds bfloat16, so an exported step takes and returns bfloat16.
 """
 
 from __future__ import annotations
@@ -57,9 +63,19 @@ def num_slots(cache: KVCache) -> int:
     return cache["v"][0].shape[LAYOUT["v"].index("s")]
 
 
+def held_dtype(dtype) -> jnp.dtype:
+    """How a cache of `dtype` values is held: bfloat16 as uint16 patterns (see above), others as they are."""
+    return jnp.dtype(jnp.uint16) if jnp.dtype(dtype) == jnp.bfloat16 else jnp.dtype(dtype)
+
+
+def cache_values(layer: jax.Array) -> jax.Array:
+    """One layer's cache array as values: uint16 patterns read as bfloat16."""
+    return jax.lax.bitcast_convert_type(layer, jnp.bfloat16) if layer.dtype == jnp.uint16 else layer
+
+
 def init_cache(cfg: ModelConfig, batch: int, length: int) -> KVCache:
-    """An empty (zero) cache in the compute dtype."""
-    return {name: [jnp.zeros(shape, jnp.dtype(cfg.dtype))] * cfg.num_layers
+    """An empty (zero) cache of compute-dtype values (held as `held_dtype`)."""
+    return {name: [jnp.zeros(shape, held_dtype(cfg.dtype))] * cfg.num_layers
             for name, shape in cache_shapes(cfg, batch, length).items()}
 
 
@@ -80,17 +96,20 @@ def write_cache(cache_k: jax.Array, cache_v: jax.Array, k: jax.Array, v: jax.Arr
         k, v = k + zero.astype(k.dtype), v + zero.astype(v.dtype)
 
     def write(cache: jax.Array, new: jax.Array, layout: str) -> jax.Array:
-        new = jnp.einsum(f"bskd->{layout}", new).astype(cache.dtype)
+        new = jnp.einsum(f"bskd->{layout}", new).astype(cache_values(cache).dtype)
+        if cache.dtype == jnp.uint16:  # bfloat16 values held as their patterns (see above)
+            new = jax.lax.bitcast_convert_type(new, jnp.uint16)
         return jax.lax.dynamic_update_slice(cache, new, tuple(index if axis == "s" else 0 for axis in layout))
 
     return write(cache_k, k, LAYOUT["k"]), write(cache_v, v, LAYOUT["v"])
 
 
 def stack_cache(cache: KVCache) -> dict[str, jax.Array]:
-    """The cache as two arrays, [layers, *one layer's shape] (see `LAYOUT`)."""
-    return {name: jnp.stack(layers) for name, layers in cache.items()}
+    """The cache as two arrays of values, [layers, *one layer's shape] (see `LAYOUT`)."""
+    return {name: jnp.stack([cache_values(layer) for layer in layers]) for name, layers in cache.items()}
 
 
 def unstack_cache(stacked: dict[str, jax.Array]) -> KVCache:
-    """The inverse of `stack_cache`."""
-    return {name: list(array) for name, array in stacked.items()}
+    """The inverse of `stack_cache` (each layer held as `held_dtype`)."""
+    return {name: [jax.lax.bitcast_convert_type(layer, held_dtype(layer.dtype)) for layer in array]
+            for name, array in stacked.items()}

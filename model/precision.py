@@ -17,6 +17,38 @@ products are written in that form over physically transposed copies, and the bia
 gradient is a product with a ones matrix. On TPU and GPU, and in float32, a projection is
 a plain dot_general: their compilers choose layouts themselves, and the copies would only
 cost.
+
+Decoding reads kernels held [*out, *in] in float32, bfloat16 or int8 (`WEIGHT_DTYPES`;
+model/decode_kernels.py holds them) through `project_held`, under the same policy: the
+compute dtype is float32 for float32 weights and bfloat16 otherwise (`compute_dtype`),
+products accumulate in float32. A decode step multiplies a few rows by every weight, so
+its cost is the bytes of weights it reads, and the forms differ from training's:
+
+    float32   W x^T over the [out, in] kernel, as the float32 layout was tuned
+              (model/fused_block.py); XLA:CPU runs it as its own GEMV/GEMM.
+    bfloat16  bfloat16 rows times the bfloat16 kernel, float32 result.
+    int8      the rows times the int8 kernel, times each output channel's scale.
+
+XLA:CPU (jax 0.10) facts that shape the bfloat16 and int8 forms (benchmarks/decode_products.py):
+- It sends a bfloat16 or int8 product to its fast library (YNNPACK) only with two rows or
+  more; one row is upcast to float32 with a float32 copy of the whole kernel per call
+  (~4x slower than float32 itself). So on CPU a one-row product gets a second row.
+- YNNPACK reads a kernel fastest as the product's first operand ([N, K] x [M, K] ->
+  [N, M]); as the second it repacks the kernel at every call, at about the rate memory
+  delivers it (~2x slower at 2 rows, ~1.5x at 8). XLA folds the transpose that follows a
+  kernel-first product by swapping the operands back, so the result crosses an
+  optimization barrier first.
+- It never fuses an int8 -> bfloat16 convert into a product: weight-only int8 with
+  bfloat16 rows writes a bfloat16 copy of the kernel at every step, slower than holding
+  bfloat16. Its int8 x int8 -> int32 product does read the int8 kernel as it lies. So on
+  CPU the rows are quantized too, in two int8 digits (qwix's per-row int8 quantization,
+  then that of what it left): rows of ~15 bits, more than bfloat16's 8, so the result is
+  the weight-only product to within ~1e-4, for one read of the int8 kernel (the digits are
+  rows of one product; one row's two digits are the two rows YNNPACK needs).
+On TPU and GPU, whose compilers fuse a convert into the product and choose operand layouts
+themselves, int8 is plain weight-only (bfloat16 rows times the dequantized kernel: qwix's
+path) and products are written plainly; `jax.lax.platform_dependent` picks the form when
+the program is lowered, so an exported program carries both.
 """
 
 from __future__ import annotations
@@ -26,11 +58,14 @@ import math
 
 import jax
 import jax.numpy as jnp
+import qwix
 from flax import nnx
 from jax import lax
 
 _F32 = jnp.float32
 _ONES_ROWS = 8  # a column sum as [8, M] x [M, N]: XLA:CPU's bf16 kernels take no M=1 product
+WEIGHT_DTYPES = ("float32", "bfloat16", "int8")  # how decoding holds kernels (`project_held`)
+_ROWS_BY_KERNEL = (((1,), (1,)), ((), ()))  # [M, K] x [N, K] -> [M, N] (and [N, K] x [M, K] -> [N, M])
 
 
 class Linear(nnx.Linear):
@@ -134,3 +169,75 @@ def _cpu_bf16_backward(w_transposed, out_dtype, residuals, g):
 
 
 _cpu_bf16_project.defvjp(_cpu_bf16_forward, _cpu_bf16_backward)
+
+
+# Decoding: kernels held [*out, *in] in float32, bfloat16 or int8 (see the module docstring).
+
+def check_weight_dtype(name: str) -> str:
+    """`name` if it is a decoding weight dtype, else a one-line error naming the accepted ones."""
+    if name not in WEIGHT_DTYPES:
+        raise ValueError(f"decoding dtype {name!r}; accepted: {', '.join(WEIGHT_DTYPES)}")
+    return name
+
+
+def compute_dtype(weights: str) -> str:
+    """The activations' dtype for kernels held in `weights`: float32 for float32, else bfloat16."""
+    return "float32" if check_weight_dtype(weights) == "float32" else "bfloat16"
+
+
+def project_held(x: jax.Array, kernel: jax.Array, in_dims: int, weights: str, scale: jax.Array | None = None,
+                 out_dtype=None) -> jax.Array:
+    """x [..., *in] . kernel [*out, *in] held in `weights` (int8: times `scale` [*out]), accumulated
+    in float32; the result in out_dtype (default: the compute dtype of `weights`)."""
+    out_shape = kernel.shape[:kernel.ndim - in_dims]
+    # Both sides in 2-D: given the multi-axis einsum, XLA swapped the float32 operands
+    # back and copied the kernel at every step.
+    w = kernel.reshape(math.prod(out_shape), -1)  # [N, K]
+    rows = x.reshape(-1, w.shape[1])
+    if check_weight_dtype(weights) == "float32":
+        y = jnp.einsum("nd,md->nm", w, rows.astype(_F32)).T
+    elif weights == "bfloat16":
+        y = jax.lax.platform_dependent(w, rows.astype(jnp.bfloat16), cpu=_bf16_cpu, default=_bf16)
+    else:
+        y = jax.lax.platform_dependent(w, scale.reshape(-1, 1), rows, cpu=_int8_cpu, default=_int8)
+    y = y.astype(out_dtype or compute_dtype(weights))
+    return y.reshape(*x.shape[:x.ndim - in_dims], *out_shape)
+
+
+def _bf16(w: jax.Array, rows: jax.Array) -> jax.Array:
+    """bf16 rows [M, K] x bf16 kernel [N, K] -> float32 [M, N]."""
+    return jax.lax.dot_general(rows, w, _ROWS_BY_KERNEL, preferred_element_type=_F32)
+
+
+def _bf16_cpu(w: jax.Array, rows: jax.Array) -> jax.Array:
+    """`_bf16` as YNNPACK reads the kernel fastest: first operand, and at least two rows (see above)."""
+    m = rows.shape[0]
+    rows = jnp.concatenate([rows, rows]) if m == 1 else rows
+    return _kernel_first(jax.lax.dot_general(w, rows, _ROWS_BY_KERNEL, preferred_element_type=_F32))[:m]
+
+
+def _kernel_first(y_nm: jax.Array) -> jax.Array:
+    """A kernel-first product's [N, M] result as [M, N], behind a barrier.
+
+    Given the transpose, XLA would fold it into the product by swapping the operands
+    back, and YNNPACK then repacks the kernel at every call (~2x slower: 2 rows from
+    memory at 5.7 GB/s instead of 11.1; 8 rows 6.5 instead of 9.6).
+    """
+    return jax.lax.optimization_barrier(y_nm).T
+
+
+def _int8(q: jax.Array, scale: jax.Array, rows: jax.Array) -> jax.Array:
+    """Weight-only: bf16 rows [M, K] x the dequantized kernel (int8 [N, K] x scale [N, 1]) -> float32 [M, N]."""
+    weight = qwix.QArray(q, scale.astype(jnp.bfloat16))
+    return qwix.dot_general(rows.astype(jnp.bfloat16), weight, _ROWS_BY_KERNEL, preferred_element_type=_F32)
+
+
+def _int8_cpu(q: jax.Array, scale: jax.Array, rows: jax.Array) -> jax.Array:
+    """`_int8` as one int8 x int8 -> int32 product: the rows in two int8 digits (see above)."""
+    rows = rows.astype(_F32)
+    high = qwix.quantize(rows, jnp.int8, channelwise_axes=(0,))
+    low = qwix.quantize(rows - qwix.dequantize(high), jnp.int8, channelwise_axes=(0,))
+    digits = qwix.QArray(jnp.concatenate([high.qvalue, low.qvalue]), jnp.concatenate([high.scale, low.scale]))
+    y = _kernel_first(qwix.dot_general(qwix.QArray(q, scale), digits, _ROWS_BY_KERNEL, preferred_element_type=_F32))
+    m = rows.shape[0]
+    return y[:m] + y[m:]

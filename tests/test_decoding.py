@@ -118,22 +118,35 @@ def test_stops_at_eos_and_sampling_respects_top_k():
         assert (row[n:] == PAD).all() and (n == NEW or row[n - 1] == EOS)
 
 
-@pytest.mark.parametrize("batch", [1, 4])
-def test_the_decode_loop_updates_the_cache_in_place(batch):
-    """No top-level copy of a cache array in the compiled while loop's body (model/kv_cache.py write_cache)."""
-    params, generate = _generator((1, 1, 1), jax.devices()[:1])
+@pytest.mark.parametrize("batch, dtype", [(1, "float32"), (4, "float32"), (1, "bfloat16")])
+def test_the_decode_loop_updates_the_cache_in_place(batch, dtype):
+    """No top-level copy (or convert) of a cache array in the compiled while loop's body.
+
+    model/kv_cache.py write_cache; a bfloat16 cache is held as uint16 patterns, and the only
+    cache-shaped results in the loop are its in-place updates, in the dtype it is held in.
+    """
+    mesh = make_mesh((1, 1, 1), jax.devices()[:1])
+    graphdef, _, shardings = param_shardings(CFG, mesh)
+    params = jax.device_put(nnx.to_pure_dict(nnx.state(model_factory(CFG)(0))), shardings)
+    generate = compile_generate(graphdef, shardings, CFG, mesh, max_new_bucket=NEW, eos_id=EOS, pad_id=PAD,
+                                dtype=dtype)
     prompts = left_pad((PROMPTS * 2)[:batch], 8, PAD)
     hlo = generate.lower(params, prompts.tokens, prompts.lengths).compile().as_text()
     bodies = re.findall(r"body=%([\w.\-]+)", hlo)
     assert bodies
     kv, dim, slots = CFG.num_kv_heads, CFG.hidden // CFG.num_heads, 8 + NEW
-    cache_shapes = {f"f32[{batch},{kv},{dim},{slots}]", f"f32[{batch},{kv},{slots},{dim}]"}
+    cache_shapes = {f"{t}[{batch},{kv},{d}]" for t in ("f32", "bf16", "u16")
+                    for d in (f"{dim},{slots}", f"{slots},{dim}")}
+    held = "f32[" if dtype == "float32" else "u16["
     for body in bodies:
         text = hlo[hlo.index(f"\n%{body} "):]
         text = text[:text.index("\n}")]
-        copied = set(re.findall(r"= (f32\[[\d,]+\])\S* copy\(", text))
+        copied = set(re.findall(r"= (\w+\[[\d,]+\])\S* (?:copy|convert)\(", text))
         assert not copied & cache_shapes, f"{body} copies {copied & cache_shapes}"
-    assert any(shape in hlo for shape in cache_shapes)
+        made = set(re.findall(r"= (\w+\[[\d,]+\])\S* fusion\(", text)) & cache_shapes
+        assert all(shape.startswith(held) for shape in made), f"{body} rewrites a cache as {made}"
+    written = set(re.findall(r"= (\w+\[[\d,]+\])\S* dynamic-update-slice\(", hlo)) & cache_shapes
+    assert written and all(shape.startswith(held) for shape in written), written
 
 
 def test_first_argmax_is_argmax_with_ties_and_nan():

@@ -1,5 +1,7 @@
 """Small configs and synthetic batches for train/ tests (no corpus needed)."""
 
+import functools
+
 import numpy as np
 
 from train.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
@@ -38,6 +40,56 @@ def tiny_batch(rows: int = 8, seq_len: int = 16, seed: int = 0) -> dict[str, np.
     positions[:, :first] = np.arange(first)
     positions[:, first:seq_len - 2] = np.arange(seq_len - 2 - first)
     return {"tokens": tokens, "segment_ids": segment_ids, "positions": positions}
+
+
+MARKOV_VOCAB = 96
+
+
+def markov_rows(successor: np.ndarray, rows: int, length: int, seed: int) -> np.ndarray:
+    """Token rows of a Markov chain: each token is followed by successor[token] 9 times in 10, else any token."""
+    rng = np.random.default_rng(seed)
+    tokens = np.empty((rows, length), np.int32)
+    tokens[:, 0] = rng.integers(5, MARKOV_VOCAB, rows)
+    for i in range(1, length):
+        follow = rng.random(rows) < 0.9
+        tokens[:, i] = np.where(follow, successor[tokens[:, i - 1]], rng.integers(5, MARKOV_VOCAB, rows))
+    return tokens
+
+
+@functools.lru_cache(maxsize=1)
+def markov_decoder(steps: int = 150):
+    """(model config, trained params on host, successor table): a tiny Llama that learned a Markov chain.
+
+    Its next-token distribution puts 0.9 on one successor, so greedy decoding follows the
+    chain with a margin of ~6 nats: a decoder whose numbers are off shows as wrong tokens.
+    Trained once per test process (~10 s on one CPU device).
+    """
+    import dataclasses
+
+    import jax
+
+    from train.mesh import make_mesh, to_global
+    from train.optimizer import make_optimizer
+    from train.state import init_state, state_layout
+    from train.steps import compile_train_step
+
+    successor = np.full(MARKOV_VOCAB, 5, np.int32)
+    successor[5:] = 5 + np.random.default_rng(0).permutation(MARKOV_VOCAB - 5)
+    cfg = dataclasses.replace(tiny_config().model, arch="llama", vocab_size=MARKOV_VOCAB, max_len=64, hidden=64,
+                              num_heads=4, num_kv_heads=2, mlp_dim=128, layer_norm_eps=1e-5, init_std=0.1)
+    mesh = make_mesh((1, 1, 1), jax.devices()[:1])
+    tx, schedule = make_optimizer(OptimConfig(learning_rate=1e-2, schedule="constant", warmup_steps=0,
+                                              weight_decay=0.0), steps)
+    layout = state_layout(cfg, tx, mesh)
+    state = init_state(cfg, tx, layout, mesh, seed=0)
+    step = compile_train_step(layout, mesh, tx=tx, schedule=schedule, spec=None, seed=0)
+    for i in range(steps):
+        tokens = markov_rows(successor, 16, 32, seed=i)
+        batch = {"tokens": tokens, "segment_ids": np.ones_like(tokens),
+                 "positions": np.broadcast_to(np.arange(32, dtype=np.int32), tokens.shape).copy()}
+        state, metrics = step(state, to_global(batch, mesh))
+    jax.block_until_ready(metrics)
+    return cfg, jax.tree.map(np.asarray, state["params"]), successor
 
 
 def packed_segment_ids(rows: int, seq_len: int, seed: int = 0, left_pad: bool = False) -> np.ndarray:

@@ -25,6 +25,8 @@ WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory: tokenizer, 
 CONFIG = flags.DEFINE_string("config", None, "Config file with get_config(); override fields as --config.a.b=value.")
 STEP = flags.DEFINE_integer("step", None, "Checkpoint step to read; the latest by default.")
 TEXT = flags.DEFINE_multi_string("text", [], "Input text (fill-mask: with [MASK]s; predict: to classify); repeatable.")
+DTYPE = flags.DEFINE_string("dtype", "float32", "Weights dtype. decode: float32 | bfloat16 | int8; export: "
+                            "float32 | bfloat16, and int8 for --format=jax.")
 SEED = flags.DEFINE_integer("seed", 0, "Random seed: sampling (decode), the held-out sentences drawn (fill_mask).")
 INIT_FROM = flags.DEFINE_string("init_from", None, "Fine-tuning: the pretrained workdir (or one made by import_hf) "
                                 "whose latest checkpoint gives the starting weights.")

@@ -21,6 +21,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from model.config import ModelConfig
+from model.precision import compute_dtype
 from model.kv_cache import KVCache, cache_logical_names, init_cache, num_slots
 from model.sharding import constrain
 from train.mesh import batch_sharding, replicated, sharding_context
@@ -192,12 +193,14 @@ class DecodeLayout:
     The decoding loop reads every layer's weights at every step; sliced from the stacked
     arrays inside the compiled loop they would be copied on every call. `convert` is jitted
     and remembers its latest result, so repeated calls with the same arrays reuse it (at the
-    cost of holding one extra copy of the weights while those arrays are in use).
+    cost of holding one extra copy of the weights while those arrays are in use). `cfg` is
+    the model config with the decoding compute dtype (the KV cache's and activations').
     """
 
     graphdef: Any
     shardings: Any
     convert_fn: Callable[[Params], Params]
+    cfg: ModelConfig
     _latest: tuple[list, Params] | None = None
 
     def convert(self, params: Params) -> Params:
@@ -209,12 +212,25 @@ class DecodeLayout:
         return self._latest[1]
 
 
-def decode_layout(graphdef: Any, param_shardings: Any, cfg: ModelConfig, mesh: Mesh) -> DecodeLayout:
-    """The decoding layout of the decoder whose training layout is (graphdef, param_shardings)."""
+def decoding_config(cfg: ModelConfig, dtype: str) -> ModelConfig:
+    """`cfg` with the compute dtype of decoding with weights held in `dtype` (float32, bfloat16, int8)."""
+    return dataclasses.replace(cfg, dtype=compute_dtype(dtype))
+
+
+def decode_layout(graphdef: Any, param_shardings: Any, cfg: ModelConfig, mesh: Mesh,
+                  dtype: str = "float32") -> DecodeLayout:
+    """The decoding layout of the decoder whose training layout is (graphdef, param_shardings).
+
+    `dtype` holds the kernels and the output projection in float32, bfloat16 or int8
+    (model/decode_kernels.py); activations and the KV cache are then float32 or bfloat16.
+    """
+    decoding = decoding_config(cfg, dtype)
+    if decoding != cfg:  # the same parameters, modules computing in the decoding dtype
+        graphdef = param_shardings_of(decoding, mesh)[0]
 
     def to_decode(params: Params) -> nnx.Module:
         model = nnx.merge(graphdef, params)
-        model.to_decode_layout()
+        model.to_decode_layout(dtype)
         return model
 
     abstract = param_shardings_of(cfg, mesh)[1]
@@ -232,25 +248,26 @@ def decode_layout(graphdef: Any, param_shardings: Any, cfg: ModelConfig, mesh: M
         with sharding_context(mesh):
             return convert(params)
 
-    return DecodeLayout(decode_graphdef, shardings, convert_in_context)
+    return DecodeLayout(decode_graphdef, shardings, convert_in_context, decoding)
 
 
 def compile_generate(graphdef: Any, param_shardings: Any, cfg: ModelConfig, mesh: Mesh, *,
-                     max_new_bucket: int, eos_id: int, pad_id: int) -> Callable[..., dict]:
+                     max_new_bucket: int, eos_id: int, pad_id: int, dtype: str = "float32") -> Callable[..., dict]:
     """`generate` under jax.jit: params as laid out for training, prompt rows over data/fsdp.
 
     Call as fn(params, tokens [B, P], lengths [B], seed, max_new_tokens, temperature, top_k, top_p,
     stops): `stops` (int32 [S, T], see `stop_matches`) defaults to none; each (S, T) shape is
     its own compile, so callers bucket it.
-    The params are converted to the decoding layout on the first call with them (`DecodeLayout`).
+    The params are converted to the decoding layout on the first call with them (`DecodeLayout`),
+    with the kernels held in `dtype` (float32, bfloat16 or int8; see `decode_layout`).
     `fn.lower(...)`, with the same arguments, gives the jax.stages.Lowered program (it converts
-    the params too).
+    the params too); `fn.layout` is the `DecodeLayout`.
     """
-    layout = decode_layout(graphdef, param_shardings, cfg, mesh)
+    layout = decode_layout(graphdef, param_shardings, cfg, mesh, dtype)
     rows = batch_sharding(mesh)
     scalar = replicated(mesh)
     jitted = jax.jit(
-        functools.partial(generate, graphdef=layout.graphdef, cfg=cfg, max_new_bucket=max_new_bucket,
+        functools.partial(generate, graphdef=layout.graphdef, cfg=layout.cfg, max_new_bucket=max_new_bucket,
                           eos_id=eos_id, pad_id=pad_id),
         in_shardings=(layout.shardings, rows, rows, scalar, scalar, scalar, scalar, scalar, scalar),
         out_shardings={"tokens": rows, "num_generated": rows})
@@ -272,4 +289,5 @@ def compile_generate(graphdef: Any, param_shardings: Any, cfg: ModelConfig, mesh
             return jitted.lower(*arguments(*args, **kwargs))
 
     run.lower = lower
+    run.layout = layout
     return run

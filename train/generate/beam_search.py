@@ -77,15 +77,16 @@ def beam_search(params: Any, tokens: jax.Array, lengths: jax.Array, max_new_toke
 
 def compile_beam_search(graphdef: Any, param_shardings: Any, cfg: ModelConfig, mesh: Mesh, *,
                         beam_width: int, max_new_bucket: int, eos_id: int,
-                        pad_id: int) -> Callable[..., dict]:
+                        pad_id: int, dtype: str = "float32") -> Callable[..., dict]:
     """`beam_search` under jax.jit; call as fn(params, tokens, lengths, max_new_tokens=None, length_penalty=1.0).
 
-    The params are converted to the decoding layout on the first call with them (`DecodeLayout`).
+    The params are converted to the decoding layout on the first call with them (`DecodeLayout`),
+    the kernels held in `dtype` (float32, bfloat16 or int8).
     """
-    layout = decode_layout(graphdef, param_shardings, cfg, mesh)
+    layout = decode_layout(graphdef, param_shardings, cfg, mesh, dtype)
     rows, scalar = batch_sharding(mesh), replicated(mesh)
     jitted = jax.jit(
-        functools.partial(beam_search, graphdef=layout.graphdef, cfg=cfg, beam_width=beam_width,
+        functools.partial(beam_search, graphdef=layout.graphdef, cfg=layout.cfg, beam_width=beam_width,
                           max_new_bucket=max_new_bucket, eos_id=eos_id, pad_id=pad_id),
         in_shardings=(layout.shardings, rows, rows, scalar, scalar),
         out_shardings={"tokens": rows, "num_generated": rows, "log_prob": rows})

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from data.chat_template import TEMPLATE_FILE, ChatTemplate, encode_text, special_tokens, workdir_template
+from model.precision import WEIGHT_DTYPES
 from train.config import ConfigError
 from train.generate.autoregressive import bucket, compile_generate, left_pad
 from train.generate.beam_search import compile_beam_search
@@ -41,6 +42,13 @@ class Sampling:
             raise ConfigError(f"--temperature={self.temperature} --top_k={self.top_k} --top_p={self.top_p} "
                               f"--beam_width={self.beam_width}; accepted: temperature >= 0, top_k >= 0, "
                               "0 < top_p <= 1, beam_width >= 1")
+
+
+def check_dtype(name: str) -> str:
+    """A decoding weights dtype, or a one-line error naming the accepted ones."""
+    if name not in WEIGHT_DTYPES:
+        raise ConfigError(f"--dtype={name}; accepted: {', '.join(WEIGHT_DTYPES)}")
+    return name
 
 
 @dataclasses.dataclass
@@ -82,16 +90,18 @@ def workdir_chat_template(workdir: str, tokenizer) -> ChatTemplate:
     return ChatTemplate(text, special_tokens(tokenizer), f"{workdir}/{TEMPLATE_FILE}")
 
 
-def complete(trained, prompts: list[str], sampling: Sampling, template: ChatTemplate | None = None) -> Completions:
-    """The continuation of each prompt by the workdir's decoder (one batched call); with a chat
-    template, the assistant's answer to each prompt."""
+def complete(trained, prompts: list[str], sampling: Sampling, template: ChatTemplate | None = None,
+             dtype: str = "float32") -> Completions:
+    """The continuation of each prompt by the workdir's decoder (one batched call), weights held in
+    `dtype`; with a chat template, the assistant's answer to each prompt."""
+    check_dtype(dtype)
     if trained.config.model.arch != "llama":
         raise ConfigError(f"the workdir holds a {trained.config.model.arch} model; decoding needs model.arch=llama "
                           "(for BERT use python -m train.generate.fill_mask_cli)")
     tok, cfg = trained.tokenizer, trained.config.model
     rows = encode_prompts(prompts, tok, cfg.max_len, sampling.max_new_tokens, template)
     batch = left_pad(rows, bucket(max(len(r) for r in rows)), tok.pad_id)
-    common = dict(max_new_bucket=bucket(sampling.max_new_tokens), eos_id=tok.sep_id, pad_id=tok.pad_id)
+    common = dict(max_new_bucket=bucket(sampling.max_new_tokens), eos_id=tok.sep_id, pad_id=tok.pad_id, dtype=dtype)
     shardings = trained.layout.shardings["params"]
     compile_seconds = []
     listener = lambda event, seconds, **_: compile_seconds.append(seconds) if event.endswith("backend_compile_duration") else None

@@ -2,9 +2,12 @@
 
     python -m train.generate.decode_cli --workdir=DIR --prompt="def main(" [--prompt=...] [--prompts_file=FILE]
         [--max_new_tokens=64] [--temperature=0.8 --top_k=40 --top_p=0.95 --seed=0] [--beam_width=4] [--chat]
+        [--dtype=float32 | bfloat16 | int8]
 
 --chat sends each prompt as a user message through the workdir's chat template (kept by
 fine-tuning: train/finetune/sft.py), so a fine-tuned model answers it as it learned to.
+--dtype holds the decoder's weights in that dtype for decoding (bfloat16 and int8 compute in
+bfloat16 with float32 accumulation; int8 has per-channel scales): see model/decode_kernels.py.
 
 The library is train/generate/completions.py.
 """
@@ -19,6 +22,7 @@ from train import program
 
 _WORKDIR = program.WORKDIR
 _STEP = program.STEP
+_DTYPE = program.DTYPE
 _PROMPT = flags.DEFINE_multi_string("prompt", [], "A prompt; repeat the flag for a batch.")
 _PROMPTS_FILE = flags.DEFINE_string("prompts_file", None, "A text file with one prompt per line.")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "Tokens to generate per prompt at most.")
@@ -60,17 +64,19 @@ def main(argv: list[str]) -> None:
         raise program.ConfigError(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
     prompts = read_prompts()
     sampling = sampling_from_flags()
-    from train.generate.completions import complete, workdir_chat_template
+    from train.generate.completions import check_dtype, complete, workdir_chat_template
+
+    check_dtype(_DTYPE.value)
     from train.workdir import open_workdir
 
     trained = open_workdir(_WORKDIR.value or "", _STEP.value)
     template = workdir_chat_template(_WORKDIR.value, trained.data.tokenizer) if _CHAT.value else None
-    out = complete(trained, prompts, sampling, template)
+    out = complete(trained, prompts, sampling, template, _DTYPE.value)
     for text, completion in zip(prompts, out.texts):
         print(f"\n> {text}\n{completion}")
     total = sum(len(ids) for ids in out.token_ids)
     print(f"\n{total} tokens for {len(prompts)} prompts in {out.decode_seconds:.2f}s: "
-          f"{total / out.decode_seconds:.1f} tokens/s (plus {out.compile_seconds:.1f}s compile)")
+          f"{total / out.decode_seconds:.1f} tokens/s (plus {out.compile_seconds:.1f}s compile; {_DTYPE.value} weights)")
 
 
 if __name__ == "__main__":

@@ -5,5 +5,6 @@ Library: `hf_families.py` (per-architecture tensor tables), `hf_export.py`, `pef
 folder's tokenizer in), `safetensors_file.py` (one tensor at a time).
 Commands: `python -m train.interop.export_cli`, `python -m train.interop.import_cli`.
 
-May import: train's core, model, data.
+May import: train's core, model, data, and train.generate.autoregressive (the decoding step and
+layout that jax_export.py exports).
 """

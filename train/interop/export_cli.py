@@ -2,12 +2,15 @@
 
     python -m train.interop.export_cli --workdir=DIR [--step=N] --format=hf --out=OUT [--dtype=bfloat16]
     python -m train.interop.export_cli --workdir=DIR [--step=N] --format=jax --out=OUT [--platforms=cpu,cuda,tpu]
+        [--dtype=bfloat16 | --dtype=int8]
     python -m train.interop.export_cli --workdir=LORA_DIR [--step=N] --format=peft --out=OUT
 
 hf writes BertForMaskedLM (model.arch=bert) or LlamaForCausalLM (model.arch=llama; a LoRA fine-tune's
 adapters merged in); jax writes forward.jax and, for decoders, decode.jax (one KV-cached decode step);
 see train/interop/jax_export.py. peft writes a LoRA fine-tune's adapters as a PEFT folder, to load on
 the base model's hf export (train/interop/peft_export.py).
+`--format=jax --dtype=int8` writes a decoder in its decoding layout with int8 kernels and per-channel
+scales (model/decode_kernels.py), the form `./launch.sh decode --dtype=int8` runs.
 
 Parameters are read from the checkpoint one array at a time (whatever mesh wrote it) and
 written before the next is read, so host memory stays near the largest stored array.
@@ -25,7 +28,7 @@ _STEP = program.STEP
 _FORMAT = flags.DEFINE_enum("format", "hf", ["hf", "jax", "peft"],
                             "hf: Transformers folder; jax: jax.export artifact; peft: a LoRA fine-tune's adapters.")
 _OUT = flags.DEFINE_string("out", None, "Output folder (created; files in it are overwritten).")
-_DTYPE = flags.DEFINE_string("dtype", "float32", "Tensor dtype of the export: float32 | bfloat16.")
+_DTYPE = program.DTYPE
 _PLATFORMS = flags.DEFINE_list("platforms", ["cpu"], "--format=jax: platforms to lower for (cpu, cuda, rocm, tpu).")
 
 _KNOWN_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
@@ -38,7 +41,12 @@ def main(argv: list[str]) -> None:
 
     if not _OUT.value:
         raise program.ConfigError("--out is required: the folder to write the export into")
-    export_dtype(_DTYPE.value)  # a bad dtype fails before any reading
+    if _FORMAT.value == "jax":
+        from train.interop.jax_export import check_jax_dtype
+
+        check_jax_dtype(_DTYPE.value)  # a bad dtype fails before any reading
+    else:
+        export_dtype(_DTYPE.value)
     bad = [p for p in _PLATFORMS.value if p not in _KNOWN_PLATFORMS]
     if bad:
         raise program.ConfigError(f"--platforms={','.join(_PLATFORMS.value)}; accepted: {', '.join(_KNOWN_PLATFORMS)}")

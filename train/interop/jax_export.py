@@ -9,6 +9,14 @@ The artifact folder holds:
     weights.safetensors    the parameters under their dotted meshlm names, streamed one at a time
     manifest.json          inputs, outputs, dtypes, cache shape, platforms and the model config
 
+`dtype="int8"` (decoders only) exports the decoding layout instead, as `./launch.sh decode
+--dtype=int8` runs it (model/decode_kernels.py): each layer's fused kernels in int8 with a
+float32 scale per output channel (`layers.N.qkv.kernel` / `layers.N.qkv.scale`, ...), the
+word table too (it is the output projection), norms in float32; both functions take those
+weights, compute in bfloat16 with float32 accumulation, and the KV cache is bfloat16. The
+conversion reads the whole model into host memory once (a quantized export is for serving a
+model that fits one host).
+
 A server needs only jax, numpy and a safetensors reader: `jax.export.deserialize`, then
 `exported.call(weights_dict, tokens, segment_ids, positions)`. No meshlm code is involved.
 The decode step follows train/generate/autoregressive.py: rows are left-padded, row b's first real token
@@ -22,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +39,8 @@ from flax import nnx
 
 from model.config import ModelConfig
 from model.kv_cache import cache_shapes, stack_cache, unstack_cache
-from train.generate.autoregressive import decode_one
+from train.config import ConfigError
+from train.generate.autoregressive import decode_layout, decode_one
 from train.interop.hf_export import export_dtype
 from train.mesh import make_mesh
 from train.checkpoints.params import CheckpointParams
@@ -39,6 +48,7 @@ from train.interop.safetensors_file import write_safetensors
 from train.state import param_shardings
 
 FORWARD_FILE, DECODE_FILE = "forward.jax", "decode.jax"
+JAX_DTYPES = ("float32", "bfloat16", "int8")
 WEIGHTS_FILE, MANIFEST_FILE = "weights.safetensors", "manifest.json"
 INPUTS = ("tokens", "segment_ids", "positions")
 
@@ -53,6 +63,13 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
             node = node.setdefault(part, {})
         node[last] = value
     return tree
+
+
+def check_jax_dtype(name: str) -> str:
+    """An export dtype of --format=jax, or a one-line error naming the accepted ones."""
+    if name not in JAX_DTYPES:
+        raise ConfigError(f"--dtype={name}; accepted for --format=jax: {', '.join(JAX_DTYPES)}")
+    return name
 
 
 def _graphdef_and_weights(source: CheckpointParams, weight_dtype: np.dtype) -> tuple[Any, dict[str, Any]]:
@@ -71,11 +88,14 @@ def export_forward(source: CheckpointParams, platforms: tuple[str, ...],
                    weight_dtype: np.dtype) -> jax.export.Exported:
     """The forward pass over flat named weights, exported with symbolic (batch, length)."""
     graphdef, weights = _graphdef_and_weights(source, weight_dtype)
+    return _export_forward(lambda flat: nnx.merge(graphdef, _nest(flat)), weights, platforms)
 
+
+def _export_forward(model_of: Callable[[dict], nnx.Module], weights: dict[str, jax.ShapeDtypeStruct],
+                    platforms: tuple[str, ...]) -> jax.export.Exported:
     def forward(weights: dict[str, jax.Array], tokens: jax.Array, segment_ids: jax.Array,
                 positions: jax.Array) -> jax.Array:
-        model = nnx.merge(graphdef, _nest(weights))
-        return model(tokens, segment_ids, positions)
+        return model_of(weights)(tokens, segment_ids, positions)
 
     batch, length = jax.export.symbolic_shape("batch, length")
     ids = jax.ShapeDtypeStruct((batch, length), jnp.int32)
@@ -85,13 +105,17 @@ def export_forward(source: CheckpointParams, platforms: tuple[str, ...],
 def export_decode_step(source: CheckpointParams, platforms: tuple[str, ...],
                        weight_dtype: np.dtype) -> jax.export.Exported:
     """One KV-cached decode step of a decoder, exported with symbolic (batch, cache_length)."""
-    cfg = source.config.model
     graphdef, weights = _graphdef_and_weights(source, weight_dtype)
+    return _export_decode_step(lambda flat: nnx.merge(graphdef, _nest(flat)), source.config.model, weights,
+                               platforms)
 
+
+def _export_decode_step(model_of: Callable[[dict], nnx.Module], cfg: ModelConfig,
+                        weights: dict[str, jax.ShapeDtypeStruct], platforms: tuple[str, ...]) -> jax.export.Exported:
     def step(weights: dict[str, jax.Array], token: jax.Array, cache_k: jax.Array, cache_v: jax.Array,
              slot: jax.Array, start: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        model = nnx.merge(graphdef, _nest(weights))
-        logits, cache = decode_one(model, cfg, token, unstack_cache({"k": cache_k, "v": cache_v}), slot, start)
+        cache = unstack_cache({"k": cache_k, "v": cache_v})
+        logits, cache = decode_one(model_of(weights), cfg, token, cache, slot, start)
         stacked = stack_cache(cache)
         return logits, stacked["k"], stacked["v"]
 
@@ -123,6 +147,9 @@ def _decode_manifest(cfg: ModelConfig) -> dict[str, Any]:
 def export_jax(source: CheckpointParams, out: str | pathlib.Path, dtype_name: str = "float32",
                platforms: tuple[str, ...] = ("cpu",)) -> pathlib.Path:
     """Writes forward.jax, weights.safetensors and manifest.json into `out`."""
+    check_jax_dtype(dtype_name)
+    if dtype_name == "int8":
+        return _export_decoding_layout(source, pathlib.Path(out), dtype_name, platforms)
     dtype = export_dtype(dtype_name)
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -135,16 +162,54 @@ def export_jax(source: CheckpointParams, out: str | pathlib.Path, dtype_name: st
     specs = [(name, source.specs[name][0], dtype) for name in names]
     write_safetensors(out / WEIGHTS_FILE, specs, (source.read(name).astype(dtype) for name in names),
                       metadata={"format": "meshlm-jax"})
+    _write_manifest(out, source, exported, {"file": WEIGHTS_FILE, "dtype": dtype_name, "count": len(names)},
+                    source.config.model if decoder else None)
+    return out / FORWARD_FILE
+
+
+def _export_decoding_layout(source: CheckpointParams, out: pathlib.Path, dtype_name: str,
+                            platforms: tuple[str, ...]) -> pathlib.Path:
+    """forward.jax and decode.jax over the decoding layout's weights in `dtype_name` (see above)."""
+    cfg = source.config.model
+    if cfg.arch != "llama":
+        raise ConfigError(f"--dtype={dtype_name} exports decoders (model.arch=llama); this checkpoint holds a "
+                          f"{cfg.arch} model: export it in float32 or bfloat16")
+    mesh = make_mesh((1,) * 3, jax.devices()[:1])
+    graphdef, _, shardings = param_shardings(cfg, mesh)
+    params = jax.device_put(_nest({name: source.read(name) for name in source.specs}), shardings)
+    layout = decode_layout(graphdef, shardings, cfg, mesh, dtype_name)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(jax.device_get(layout.convert(params)))
+    del params
+    names = [".".join(str(getattr(key, "key", getattr(key, "idx", key))) for key in path) for path, _ in flat]
+    weights = {name: jax.ShapeDtypeStruct(value.shape, value.dtype) for name, (_, value) in zip(names, flat)}
+
+    def model_of(flat_weights: dict[str, jax.Array]) -> nnx.Module:
+        return nnx.merge(layout.graphdef, jax.tree.unflatten(treedef, [flat_weights[name] for name in names]))
+
+    out.mkdir(parents=True, exist_ok=True)
+    exported = _export_forward(model_of, weights, platforms)
+    (out / FORWARD_FILE).write_bytes(exported.serialize())
+    (out / DECODE_FILE).write_bytes(_export_decode_step(model_of, layout.cfg, weights, platforms).serialize())
+    order = sorted(range(len(names)), key=names.__getitem__)
+    write_safetensors(out / WEIGHTS_FILE, [(names[i], flat[i][1].shape, flat[i][1].dtype) for i in order],
+                      (flat[i][1] for i in order), metadata={"format": "meshlm-jax", "layout": "decoding"})
+    _write_manifest(out, source, exported, {"file": WEIGHTS_FILE, "dtype": dtype_name, "count": len(names),
+                                            "layout": "decoding: model/decode_kernels.py (int8 kernel, float32 "
+                                                      "scale per output channel)"}, layout.cfg)
+    return out / FORWARD_FILE
+
+
+def _write_manifest(out: pathlib.Path, source: CheckpointParams, exported: jax.export.Exported,
+                    weights: dict[str, Any], decoder: ModelConfig | None) -> None:
+    """manifest.json: how to call the functions, the weights file and the model config."""
     manifest = {
         "call": "jax.export.deserialize(forward.jax).call(weights, tokens, segment_ids, positions)",
         "inputs": {name: {"dtype": "int32", "shape": ["batch", "length"]} for name in INPUTS},
         "output": {"name": "logits", "dtype": "float32", "shape": ["batch", "length", "vocab"]},
-        "weights": {"file": WEIGHTS_FILE, "dtype": dtype_name, "count": len(names)},
-        "platforms": list(exported.platforms), "step": source.step,
+        "weights": weights, "platforms": list(exported.platforms), "step": source.step,
         "model": json.loads(json.dumps(source.meta["config"]["model"])),
         "notes": "segment_ids: 0 pads, 1..k the documents packed in a row; positions restart at 0 per document",
     }
-    if decoder:
-        manifest["decode"] = _decode_manifest(source.config.model)
+    if decoder is not None:
+        manifest["decode"] = _decode_manifest(decoder)
     (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return out / FORWARD_FILE

@@ -39,6 +39,9 @@ class ModelConfig:
     attention_dropout: float = 0.1
     layer_norm_eps: float = 1e-12
     init_std: float = 0.02
+    # BERT's learned position table starts normal(init_std), or sinusoidal (Vaswani et al.) scaled
+    # to the same RMS: relative offsets are then legible from the first step (still learned after).
+    position_init: str = "normal"  # normal | sinusoidal
     dtype: str = "float32"  # activations and matmuls: float32 | bfloat16
     param_dtype: str = "float32"
     remat: str = "none"  # backward-pass recompute per block: none | full | dots (keep matmul outputs)

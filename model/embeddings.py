@@ -29,12 +29,25 @@ def lookup_rows(table: nnx.Embed, ids: jax.Array, table_names: tuple[str | None,
     return jnp.take(rows, ids, axis=0).astype(jnp.float32)
 
 
+def sinusoidal_table(rows: int, width: int, rms: float) -> jax.Array:
+    """Transformer sinusoids [rows, width] (sin on even, cos on odd columns), scaled to RMS `rms`."""
+    position = jnp.arange(rows, dtype=jnp.float32)[:, None]
+    frequency = jnp.exp(-jnp.log(10000.0) * jnp.arange(0, width, 2, dtype=jnp.float32) / width)
+    table = jnp.zeros((rows, width), jnp.float32)
+    table = table.at[:, 0::2].set(jnp.sin(position * frequency))
+    table = table.at[:, 1::2].set(jnp.cos(position * frequency[: width // 2]))
+    return table * (rms * jnp.sqrt(2.0))
+
+
 class BertEmbeddings(nnx.Module):
     """Token ids and per-document positions to the first hidden states [B, L, hidden]."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.word = embedding_table(cfg.vocab_size, cfg, ("vocab", "embed"), rngs)
         self.position = embedding_table(cfg.max_len, cfg, (None, "embed"), rngs)
+        if cfg.position_init == "sinusoidal":
+            self.position.embedding[...] = sinusoidal_table(cfg.max_len, cfg.hidden, cfg.init_std).astype(
+                self.position.embedding[...].dtype)
         # Pretraining rows are all type 0; sentence-pair fine-tuning marks the second text 1.
         self.token_type = embedding_table(2, cfg, (None, "embed"), rngs)
         self.norm = LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps, dtype=jnp.dtype(cfg.dtype),

@@ -134,3 +134,12 @@ def test_positions_restart_in_each_document(model):
     first = model(*_packed_row(doc, filler))[0, 0:4]
     second = model(*_packed_row(filler, doc))[0, 5:9]
     np.testing.assert_allclose(second, first, atol=1e-5)
+
+
+def test_sinusoidal_position_init_has_the_normal_init_rms_and_relative_structure():
+    table = np.asarray(BertMLM(_config(position_init="sinusoidal", init_std=0.05),
+                               rngs=nnx.Rngs(_key(0))).embeddings.position.embedding[...])
+    assert abs(np.sqrt(np.mean(table ** 2)) - 0.05) < 0.002
+    np.testing.assert_allclose(table[:, 0], 0.05 * np.sqrt(2) * np.sin(np.arange(16)), atol=1e-6)
+    dots = table @ table.T  # depends on the offset only: equal along each diagonal
+    np.testing.assert_allclose(np.diagonal(dots, 1), np.full(15, dots[0, 1]), rtol=1e-4)

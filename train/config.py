@@ -245,6 +245,7 @@ _CHOICES = {
     "model.arch": ("bert", "llama"),
     "model.remat": ("none", "full", "dots"),
     "model.attention_impl": ATTENTION_IMPLS,
+    "model.position_init": ("normal", "sinusoidal"),
     "data.format": ("text", "sft"),
     "optim.schedule": ("linear", "cosine", "constant"),
     "train.keep_best_metric": ("", "loss", "accuracy", "perplexity"),

@@ -115,7 +115,7 @@ command_module() {
     evaluate) echo train.evaluate ;;
     lm_eval) echo train.evaluate.lm_eval_cli ;;
     checkpoints) echo train.checkpoints ;;
-    curve) echo train.curve_cli ;;
+    curve) echo train.evaluate.curve_cli ;;
     decode) echo train.generate.decode_cli ;;
     fill_mask) echo train.generate.fill_mask_cli ;;
     export) echo train.interop.export_cli ;;

@@ -35,7 +35,7 @@ def main(argv: list[str]) -> None:
     from data.chat_template import DEFAULT_TEMPLATE, write_template
     from tests.sft_fixtures import (decoder_config, exact_match, held_out_records, pretraining_text, reverse_records,
                                     sft_config, write_jsonl)
-    from train.finetune.sft import fine_tune
+    from train.finetune.supervised import fine_tune
     from train.generate.completions import workdir_chat_template
     from train.loop import train
     from train.workdir import open_workdir

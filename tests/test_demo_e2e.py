@@ -58,7 +58,7 @@ def test_demo_trains_resumes_and_fills_masks(tmp_path):
                   cache=cache)
     assert "The [MASK] returns a list." in custom
 
-    curve = _run("train.curve_cli", f"--workdir={workdir}", cache=cache)
+    curve = _run("train.evaluate.curve_cli", f"--workdir={workdir}", cache=cache)
     assert f"{workdir}/tensorboard" in curve and f"{workdir}/metrics.jsonl" in curve
     assert [int(step) for step in re.findall(r"step (\d+) ", curve)] == [2, 4, 6]
 

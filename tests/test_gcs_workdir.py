@@ -216,7 +216,7 @@ def test_a_missing_bucket_is_one_line(gcs):
 
 
 def test_the_curve_reads_a_buckets_metrics(gcs):
-    """train.curve_cli's records come from a gs:// workdir's metrics.jsonl, as MetricWriter leaves it."""
+    """train.evaluate.curve_cli's records come from a gs:// workdir's metrics.jsonl, as MetricWriter leaves it."""
     from train.metrics import MetricWriter, read_metrics, text_curve
 
     workdir = f"gs://{gcs_emulator.BUCKET}/curve-{uuid.uuid4().hex[:8]}"
@@ -250,7 +250,7 @@ def test_lora_fine_tuning_from_and_into_a_bucket(gcs, tmp_path_factory, tmp_path
     from tests.sft_fixtures import reverse_records, sft_config, write_jsonl
     from train.checkpoints.manager import Checkpoints
     from train.checkpoints.params import CheckpointParams
-    from train.finetune.sft import fine_tune
+    from train.finetune.supervised import fine_tune
     from train.interop.peft_export import export_peft
 
     tokenizer = small_store_tokenizer(tmp_path_factory)

@@ -1,4 +1,4 @@
-"""Supervised fine-tuning (train/finetune/sft.py) through the pretraining loop: from a decoder workdir
+"""Supervised fine-tuning (train/finetune/supervised.py) through the pretraining loop: from a decoder workdir
 written on another mesh, full or LoRA, with the loop's metrics, checkpoints and exact resume; decoding
 through the workdir's chat template; and one-line errors for what a user gets wrong."""
 
@@ -19,7 +19,7 @@ from data.chat_template import DEFAULT_TEMPLATE, TEMPLATE_FILE
 from data.tokenizer import Tokenizer
 from train.checkpoints.params import CheckpointParams
 from train.config import ConfigError, LoraConfig, MeshConfig, load_config
-from train.finetune.sft import PretrainedDecoder, fine_tune
+from train.finetune.supervised import PretrainedDecoder, fine_tune
 from train.mesh import make_mesh
 from train.optimizer import make_optimizer
 from train.state import init_state, state_layout

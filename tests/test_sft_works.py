@@ -7,7 +7,7 @@ import re
 import pytest
 
 from data.chat_template import DEFAULT_TEMPLATE, ChatTemplate, special_tokens
-from train.finetune.sft import fine_tune
+from train.finetune.supervised import fine_tune
 from train.workdir import open_workdir
 
 from tests.sft_fixtures import (exact_match, held_out_records, reverse_records, sft_config, shared_pretrained,

@@ -1,4 +1,4 @@
-"""Supervised fine-tuning of a decoder, full or LoRA (the library is train/finetune/sft.py).
+"""Supervised fine-tuning of a decoder, full or LoRA (the library is train/finetune/supervised.py).
 
     python -m train.finetune.sft_cli --config=configs/sft_tiny.py --init_from=PRETRAINED_WORKDIR \\
         --workdir=OUT --config.data.source='files:train.jsonl' [--config.model.lora.rank=8]
@@ -25,7 +25,7 @@ def main(argv: list[str]) -> None:
         raise ConfigError("--config is required, e.g. --config=configs/sft_tiny.py")
     config = program.config_from_flags(_CONFIG.value)
     workdir = program.writable_workdir(_WORKDIR.value)
-    from train.finetune.sft import fine_tune  # JAX starts here, after every check of the user's input
+    from train.finetune.supervised import fine_tune  # JAX starts here, after every check of the user's input
 
     fine_tune(config, workdir, _INIT_FROM.value)
 

@@ -5,7 +5,7 @@
         [--dtype=float32 | bfloat16 | int8]
 
 --chat sends each prompt as a user message through the workdir's chat template (kept by
-fine-tuning: train/finetune/sft.py), so a fine-tuned model answers it as it learned to.
+fine-tuning: train/finetune/supervised.py), so a fine-tuned model answers it as it learned to.
 --dtype holds the decoder's weights in that dtype for decoding (bfloat16 and int8 compute in
 bfloat16 with float32 accumulation; int8 has per-channel scales): see model/decode_kernels.py.
 

@@ -1,4 +1,4 @@
-"""Where a run's curves are, and one of them as text: python -m train.curve_cli --workdir=DIR.
+"""Where a run's curves are, and one of them as text: python -m train.evaluate.curve_cli --workdir=DIR.
 
 Prints the paths of the TensorBoard events and metrics.jsonl, then held-out loss (by
 default) at each evaluation, so a reader sees it fall without starting TensorBoard.

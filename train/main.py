@@ -19,8 +19,6 @@ _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Compile the train step for the c
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise program.ConfigError(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
     config_path = _CONFIG.value or _workdir_config(_WORKDIR.value)
     if not config_path:
         raise program.ConfigError("--config is required, e.g. --config=configs/bert_tiny.py (or a --workdir "

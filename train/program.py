@@ -116,6 +116,8 @@ def run(main: Callable[[list[str]], None]) -> None:
         if not flags.FLAGS.debug:
             _quiet_background_writers()
         try:
+            if len(argv) > 1:  # every command takes flags only
+                raise ConfigError(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
             distributed.initialize(distributed.plan(
                 _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value),
                 relay=not flags.FLAGS.debug)  # before any JAX work

@@ -11,8 +11,6 @@ from train.config import ConfigError
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise ConfigError(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
     workdir = program.WORKDIR.value
     if not workdir:
         raise ConfigError("--workdir is required: the workdir of a training run")

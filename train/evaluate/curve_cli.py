@@ -17,8 +17,6 @@ METRIC = flags.DEFINE_string("metric", "loss", "which value: loss, accuracy, per
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise ConfigError(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
     workdir = program.WORKDIR.value
     if not workdir:
         raise ConfigError("--workdir is required: the workdir of a training run")

@@ -15,8 +15,6 @@ _WORKDIR = program.WORKDIR
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise ConfigError(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
     if not _CONFIG.value:
         raise ConfigError("--config is required, e.g. --config=configs/finetune_cls.py")
     config = program.config_from_flags(_CONFIG.value)

@@ -18,8 +18,6 @@ _TEXT_PAIR = flags.DEFINE_multi_string("text_pair", [], "Second texts for a sent
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise ConfigError(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
     if not _WORKDIR.value:
         raise ConfigError("--workdir is required: the workdir of a train.finetune run")
     if not _TEXT.value:

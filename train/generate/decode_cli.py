@@ -60,8 +60,6 @@ def sampling_from_flags():
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise program.ConfigError(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
     prompts = read_prompts()
     sampling = sampling_from_flags()
     from train.generate.completions import check_dtype, complete, workdir_chat_template

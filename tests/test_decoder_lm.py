@@ -13,12 +13,9 @@ from model import LlamaLM
 from model.rope import apply_rope
 from train.config import ConfigError, OptimConfig, validate
 from train.losses import next_token_targets
-from train.mesh import check_divisibility, make_mesh, to_global
-from train.optimizer import make_optimizer
-from train.state import init_state, state_layout
-from train.steps import compile_train_step
+from train.mesh import check_divisibility, make_mesh
 
-from tests.train_fixtures import tiny_batch, tiny_config
+from tests.train_fixtures import tiny_batch, tiny_config, train_decoder_steps
 
 
 def llama_config(**train):
@@ -75,31 +72,17 @@ def test_document_two_does_not_change_document_one():
     assert not np.allclose(a[0][~first], b[0][~first])
 
 
-def _losses(config, mesh_shape, steps, devices=None):
-    mesh = make_mesh(mesh_shape, devices)
-    tx, schedule = make_optimizer(config.optim, config.train.steps)
-    layout = state_layout(config.model, tx, mesh)
-    state = init_state(config.model, tx, layout, mesh, seed=0)
-    step = compile_train_step(layout, mesh, tx=tx, schedule=schedule, spec=None, seed=0)
-    batch = to_global(tiny_batch(), mesh)
-    losses = []
-    for _ in range(steps):
-        state, metrics = step(state, batch)
-        losses.append(float(metrics["loss"]))
-    return losses
-
-
 def test_causal_loss_goes_down():
     config = llama_config(steps=60)
     config.optim = OptimConfig(learning_rate=1e-2, schedule="constant", warmup_steps=0, weight_decay=0.0)
-    losses = _losses(config, (1, 1, 1), 60, devices=jax.devices()[:1])
+    losses = train_decoder_steps(config, (1, 1, 1), 60, devices=jax.devices()[:1])[3]
     assert np.mean(losses[-5:]) < 0.5 * losses[0], losses[::10]
 
 
 def test_decoder_sharded_loss_equals_one_device():
     config = llama_config()
-    single = _losses(config, (1, 1, 1), 3, devices=jax.devices()[:1])
-    sharded = _losses(config, (2, 2, 2), 3)
+    single = train_decoder_steps(config, (1, 1, 1), 3, devices=jax.devices()[:1])[3]
+    sharded = train_decoder_steps(config, (2, 2, 2), 3)[3]
     np.testing.assert_allclose(sharded, single, rtol=1e-5)
 
 

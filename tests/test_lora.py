@@ -13,13 +13,12 @@ from flax import nnx
 
 from model import LlamaLM
 from train.config import LoraConfig, OptimConfig
-from train.mesh import make_mesh, to_global
+from train.mesh import make_mesh
 from train.optimizer import make_optimizer
-from train.state import init_state, param_shardings, state_layout
-from train.steps import compile_train_step
+from train.state import param_shardings, state_layout
 from train.trainable import join, split_trainable
 
-from tests.train_fixtures import tiny_batch, tiny_config
+from tests.train_fixtures import tiny_batch, tiny_config, train_decoder_steps
 
 ALL = ("q", "k", "v", "o", "gate", "up", "down")
 
@@ -76,28 +75,13 @@ def test_fresh_adapters_change_nothing_and_the_decoding_layout_merges_trained_on
     np.testing.assert_allclose(_logits(model), logits, atol=2e-5)
 
 
-def _run(config, mesh_shape, steps=3, devices=None):
-    mesh = make_mesh(mesh_shape, devices)
-    tx, schedule = make_optimizer(config.optim, config.train.steps)
-    layout = state_layout(config.model, tx, mesh)
-    state = init_state(config.model, tx, layout, mesh, seed=0)
-    step = compile_train_step(layout, mesh, tx=tx, schedule=schedule, spec=None, seed=0)
-    batch = to_global(tiny_batch(), mesh)
-    before = jax.tree.map(np.asarray, state["params"])
-    losses = []
-    for _ in range(steps):
-        state, metrics = step(state, batch)
-        losses.append(float(metrics["loss"]))
-    return layout, before, jax.tree.map(np.asarray, state), losses
-
-
 def _bytes(tree):
     return sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
 
 def test_only_adapters_train_and_only_they_carry_optimizer_state():
     config = lora_config()
-    layout, before, after, losses = _run(config, (1, 1, 1), steps=5, devices=jax.devices()[:1])
+    layout, before, after, losses = train_decoder_steps(config, (1, 1, 1), steps=5, devices=jax.devices()[:1])
     adapters, base = split_trainable(after["params"])
     _, base_before = split_trainable(before)
     for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(base_before), jax.tree.leaves(base)):
@@ -119,9 +103,9 @@ def test_only_adapters_train_and_only_they_carry_optimizer_state():
 def test_lora_steps_equal_across_meshes_scan_and_remat():
     """Adapter dropout on, so its keys are checked too: the same losses sharded 8 ways, unrolled, rematerialized."""
     config = lora_config(dropout=0.1)
-    reference = _run(config, (1, 1, 1), devices=jax.devices()[:1])[3]
-    np.testing.assert_allclose(_run(config, (2, 2, 2))[3], reference, rtol=2e-5)
+    reference = train_decoder_steps(config, (1, 1, 1), devices=jax.devices()[:1])[3]
+    np.testing.assert_allclose(train_decoder_steps(config, (2, 2, 2))[3], reference, rtol=2e-5)
     unrolled = dataclasses.replace(config, model=dataclasses.replace(config.model, scan_layers=False, remat="dots"))
-    np.testing.assert_allclose(_run(unrolled, (1, 1, 1), devices=jax.devices()[:1])[3], reference, rtol=2e-5)
+    np.testing.assert_allclose(train_decoder_steps(unrolled, (1, 1, 1), devices=jax.devices()[:1])[3], reference, rtol=2e-5)
     no_dropout = lora_config(dropout=0.0)
-    assert _run(no_dropout, (1, 1, 1), steps=2, devices=jax.devices()[:1])[3][1] != pytest.approx(reference[1], rel=1e-6)
+    assert train_decoder_steps(no_dropout, (1, 1, 1), steps=2, devices=jax.devices()[:1])[3][1] != pytest.approx(reference[1], rel=1e-6)

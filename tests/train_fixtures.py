@@ -119,3 +119,27 @@ def packed_batch(rows: int, seq_len: int, seed: int = 0) -> dict[str, np.ndarray
     positions = index - np.maximum.accumulate(np.where(starts, index, 0), axis=1)
     positions[segment_ids == 0] = 0
     return {"tokens": tokens, "segment_ids": segment_ids, "positions": positions.astype(np.int32)}
+
+
+def train_decoder_steps(config: Config, mesh_shape, steps: int = 3, devices=None):
+    """`steps` next-token train steps on tiny_batch over a fresh state on a mesh of `mesh_shape`:
+    (layout, the initial params and the final state on the host, the losses)."""
+    import jax
+
+    from train.mesh import make_mesh, to_global
+    from train.optimizer import make_optimizer
+    from train.state import init_state, state_layout
+    from train.steps import compile_train_step
+
+    mesh = make_mesh(mesh_shape, devices)
+    tx, schedule = make_optimizer(config.optim, config.train.steps)
+    layout = state_layout(config.model, tx, mesh)
+    state = init_state(config.model, tx, layout, mesh, seed=0)
+    step = compile_train_step(layout, mesh, tx=tx, schedule=schedule, spec=None, seed=0)
+    batch = to_global(tiny_batch(), mesh)
+    before = jax.tree.map(np.asarray, state["params"])
+    losses = []
+    for _ in range(steps):
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["loss"]))
+    return layout, before, jax.tree.map(np.asarray, state), losses

@@ -86,10 +86,14 @@ def read_merged(source: CheckpointParams, name: str) -> np.ndarray:
                             lora.alpha / lora.rank, stacked=stacked))
 
 
-def tokenizer_config_extras(workdir: pathlib.Path) -> dict[str, str]:
-    """tokenizer_config.json fields from the workdir beyond the tokenizer's: its chat template."""
-    template = workdir_template(workdir)
-    return {} if template is None else {"chat_template": template}
+def write_workdir_tokenizer(source: CheckpointParams, tokenizer, out: pathlib.Path, family: Family) -> None:
+    """`source.tokenizer()`'s files into `out`, with the workdir's chat template (if any) in
+    tokenizer_config.json; nothing for a workdir without a tokenizer (None)."""
+    if tokenizer is None:
+        return
+    template = workdir_template(source.workdir)
+    write_tokenizer_files(tokenizer, out, family, source.config.model.max_len,
+                          extra_config={} if template is None else {"chat_template": template})
 
 
 def export_hf(source: CheckpointParams, out: str | pathlib.Path, dtype_name: str = "float32") -> pathlib.Path:
@@ -106,7 +110,5 @@ def export_hf(source: CheckpointParams, out: str | pathlib.Path, dtype_name: str
     specs = [spec for spec, _, _ in tensor_plan(family, source, dtype)]
     weights = out / "model.safetensors"
     write_safetensors(weights, specs, _hf_tensors(family, source, dtype), metadata={"format": "pt"})
-    if tokenizer is not None:
-        write_tokenizer_files(tokenizer, out, family, source.config.model.max_len,
-                              extra_config=tokenizer_config_extras(source.workdir))
+    write_workdir_tokenizer(source, tokenizer, out, family)
     return weights

@@ -21,9 +21,8 @@ import numpy as np
 from model.lora import ADAPTER
 from train.checkpoints.params import CheckpointParams
 from train.config import ConfigError
-from train.interop.hf_export import export_dtype, tokenizer_config_extras
+from train.interop.hf_export import export_dtype, write_workdir_tokenizer
 from train.interop.hf_families import family_of
-from train.interop.hf_tokenizer_files import write_tokenizer_files
 from train.interop.safetensors_file import TensorSpec, write_safetensors
 
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
@@ -85,8 +84,6 @@ def export_peft(source: CheckpointParams, out: str | pathlib.Path, dtype_name: s
         "modules_to_save": None, "base_model_name_or_path": source.meta.get("imported_from"),
     }
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    tokenizer = source.tokenizer()
-    if tokenizer is not None:  # as fine-tuning tools save adapters: AutoTokenizer(folder), chat template included
-        write_tokenizer_files(tokenizer, out, family_of(source.config.model), source.config.model.max_len,
-                              extra_config=tokenizer_config_extras(source.workdir))
+    # As fine-tuning tools save adapters: AutoTokenizer(folder) works, chat template included.
+    write_workdir_tokenizer(source, source.tokenizer(), out, family_of(source.config.model))
     return weights

@@ -14,9 +14,11 @@ float32 first and runs ~6x slower (benchmarks/bf16_matmul.py). And the bias grad
 column sum of a converted operand, becomes a reduce-window that runs at ~0.5 GB/s. So on
 a CPU with a bfloat16 compute dtype a projection carries its own VJP: its backward
 products are written in that form over physically transposed copies, and the bias
-gradient is a product with a ones matrix. On TPU and GPU, and in float32, a projection is
-a plain dot_general: their compilers choose layouts themselves, and the copies would only
-cost.
+gradient is a product with a ones matrix. Attention's six products (two forward, four
+backward) get the same treatment in `cpu_bf16_attention`, which model/attention.py's XLA
+path takes on a CPU in bfloat16. On TPU and GPU, and in float32, a projection is a plain
+dot_general and attention the einsum path: their compilers choose layouts themselves, and
+the copies would only cost.
 
 Decoding reads kernels held [*out, *in] in float32, bfloat16 or int8 (`WEIGHT_DTYPES`;
 model/decode_kernels.py holds them) through `project_held`, under the same policy: the
@@ -169,6 +171,82 @@ def _cpu_bf16_backward(w_transposed, out_dtype, residuals, g):
 
 
 _cpu_bf16_project.defvjp(_cpu_bf16_forward, _cpu_bf16_backward)
+
+
+# Attention's products on XLA:CPU in bf16: the same rule as a projection's. Autodiff of the
+# einsum form gives four backward products with transposed operands and a bf16 product
+# whose result is bf16; XLA:CPU ran all five in float32 (~6 ms each at the ~100M Llama
+# shape where a row-major bf16 product takes ~1.5). Here every product is a batched
+# row-major [n, M, K] x [n, K, N] -> float32 over copies laid out for it, one batch entry
+# per (row, kv head) with that head's query group stacked along M.
+
+def _heads_first(a: jax.Array, groups: int) -> jax.Array:
+    """[B, L, K*G, D] -> row-major [B*K, G*L, D] (a physical copy: the trailing unit axis, as in `_row_major_t`)."""
+    b, length, heads, d = a.shape
+    a = a.reshape(b, length, heads // groups, groups, d, 1)
+    return jnp.transpose(a, (0, 2, 3, 1, 4, 5)).reshape(b * heads // groups, groups * length, d)
+
+
+def _heads_last(a: jax.Array, batch: int, groups: int) -> jax.Array:
+    """`_heads_first`'s inverse: [B*K, G*L, D] -> [B, L, K*G, D]."""
+    n, rows, d = a.shape
+    a = a.reshape(batch, n // batch, groups, rows // groups, d, 1)
+    return jnp.transpose(a, (0, 3, 1, 2, 4, 5)).reshape(batch, rows // groups, n // batch * groups, d)
+
+
+def _batched_t(a: jax.Array) -> jax.Array:
+    """[n, M, N] -> row-major [n, N, M] (a physical copy)."""
+    return jnp.transpose(a[..., None], (0, 2, 1, 3)).reshape(a.shape[0], a.shape[2], a.shape[1])
+
+
+def _bmm(a: jax.Array, b: jax.Array) -> jax.Array:
+    """[n, M, K] x [n, K, N] -> float32 [n, M, N]."""
+    return lax.dot_general(a, b, (((2,), (1,)), ((0,), (0,))), preferred_element_type=_F32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def cpu_bf16_attention(q, k, v, mask, masked_logit: float, dropout_rate: float, dropout_fn, dropout_key=None):
+    """softmax(q k^T / sqrt(d)) v with bf16 products in XLA:CPU's row-major form, softmax in float32.
+
+    q [B, L, H, D], k/v [B, S, K, D] (H a multiple of K), mask broadcastable to [B, K, H/K, L, S];
+    dropout_fn(probs, rate, key) drops probabilities (it must be linear in probs for a fixed key).
+    """
+    return _attention_forward(q, k, v, mask, masked_logit, dropout_rate, dropout_fn, dropout_key)[0]
+
+
+def _attention_forward(q, k, v, mask, masked_logit, dropout_rate, dropout_fn, dropout_key):
+    batch, length, heads, d = q.shape
+    kv_heads, groups = k.shape[2], heads // k.shape[2]
+    q_rows = _heads_first(q, groups)  # [B*K, G*L, D]
+    k_cols = _batched_t(_heads_first(k, 1))  # [B*K, D, S]
+    v_rows = _heads_first(v, 1)  # [B*K, S, D]
+    scores = (_bmm(q_rows, k_cols) * d ** -0.5).reshape(batch, kv_heads, groups, length, -1)
+    probs = jax.nn.softmax(jnp.where(mask, scores, masked_logit), axis=-1)
+    kept = dropout_fn(probs, dropout_rate, dropout_key).astype(q.dtype).reshape(batch * kv_heads, groups * length, -1)
+    out = _heads_last(_bmm(kept, v_rows).astype(q.dtype), batch, groups)
+    return out, (q_rows, k_cols, v_rows, probs, kept, dropout_key)
+
+
+def _attention_backward(masked_logit, dropout_rate, dropout_fn, residuals, g):
+    q_rows, k_cols, v_rows, probs, kept, dropout_key = residuals
+    batch, kv_heads, groups, length, _ = probs.shape
+    d = q_rows.shape[-1]
+    g_rows = _heads_first(g.astype(q_rows.dtype), groups)  # [B*K, G*L, D]
+    # dv and dk as the transposes of [D, G*L] x [G*L, S] products: the transposed copies are
+    # then of [G*L, D] operands and [D, S] results, not of the [G*L, S] probabilities.
+    dv = _batched_t(_bmm(_batched_t(g_rows), kept))  # [B*K, S, D]
+    d_kept = _bmm(g_rows, _batched_t(v_rows)).reshape(probs.shape)
+    d_probs = dropout_fn(d_kept, dropout_rate, dropout_key)
+    d_scores = probs * (d_probs - jnp.sum(d_probs * probs, axis=-1, keepdims=True)) * d ** -0.5
+    d_scores = d_scores.astype(q_rows.dtype).reshape(batch * kv_heads, groups * length, -1)
+    dq = _bmm(d_scores, _batched_t(k_cols))  # [B*K, G*L, D]
+    dk = _batched_t(_bmm(_batched_t(q_rows), d_scores))  # [B*K, S, D]
+    dtype = q_rows.dtype
+    return (_heads_last(dq.astype(dtype), batch, groups), _heads_last(dk.astype(dtype), batch, 1),
+            _heads_last(dv.astype(dtype), batch, 1), None, None)
+
+
+cpu_bf16_attention.defvjp(_attention_forward, _attention_backward)
 
 
 # Decoding: kernels held [*out, *in] in float32, bfloat16 or int8 (see the module docstring).

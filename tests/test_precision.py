@@ -1,4 +1,4 @@
-"""model/precision.py: bf16 projections equal the plain math, reach XLA:CPU's bf16 kernels, and train like fp32."""
+"""model/precision.py: bf16 projections and attention equal the plain math, reach XLA:CPU's bf16 kernels, and train like fp32."""
 
 import dataclasses
 import json
@@ -12,7 +12,6 @@ import pytest
 from model import precision
 from train.config import DataConfig, MeshConfig, ModelConfig
 from train.loop import train
-from train.masking import MaskingSpec
 from train.mesh import make_mesh, to_global
 from train.optimizer import make_optimizer
 from train.state import init_state, state_layout
@@ -59,6 +58,34 @@ def test_bf16_projection_and_its_gradients_equal_the_plain_math(case):
         np.testing.assert_allclose(mine, theirs, atol=2e-2 * scale, err_msg=name)  # bf16 rounding apart
 
 
+@pytest.mark.parametrize("dropout_rate", [0.0, 0.3])
+def test_cpu_bf16_attention_and_its_gradients_equal_the_einsum_path(dropout_rate, monkeypatch):
+    """Grouped-query, causal, packed (a padding tail), with and without dropout: the same numbers."""
+    from model.attention import attention_mask, dot_product_attention
+
+    keys = jax.random.split(jax.random.key(1), 4)
+    q = jax.random.normal(keys[0], (2, 16, 6, 8)).astype(BF16)
+    k, v = (jax.random.normal(key, (2, 16, 2, 8)).astype(BF16) for key in keys[1:3])
+    segments = jnp.array([[1] * 10 + [2] * 4 + [0] * 2, [1] * 16])
+    mask = attention_mask(segments, segments, causal=True)
+    weights = jnp.arange(8.0)
+
+    def run(policy: bool):
+        monkeypatch.setattr(precision, "cpu_bf16_kernels", lambda dtype: policy and jnp.dtype(dtype) == BF16)
+        attend = lambda q, k, v: dot_product_attention(q, k, v, mask, dropout_rate=dropout_rate,
+                                                       dropout_key=keys[3]).astype(jnp.float32)
+        loss = lambda q, k, v: jnp.sum(jnp.sin(attend(q, k, v)) * weights)
+        return attend(q, k, v), jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
+
+    (ours, our_grads), (plain, plain_grads) = run(True), run(False)
+    np.testing.assert_allclose(ours, plain, atol=1e-2)
+    for mine, theirs, name in zip(our_grads, plain_grads, "qkv"):
+        assert mine.dtype == BF16, name
+        scale = float(jnp.max(jnp.abs(theirs.astype(jnp.float32))))
+        np.testing.assert_allclose(mine.astype(jnp.float32), theirs.astype(jnp.float32), atol=2e-2 * scale,
+                                   err_msg=name)
+
+
 def _ynn_dots(hlo: str) -> tuple[int, int]:
     """(matmul fusions with bf16 operands, with float32 operands) in a compiled program's text."""
     kinds = {}
@@ -99,7 +126,8 @@ def test_the_bf16_train_step_runs_every_projection_on_bf16_kernels(monkeypatch):
     # The layers are scanned: the compiled loop body holds one layer's q, k, v, out, up and down;
     # the MLM head adds its transform and the tied logits.
     projections = 6 + 2
-    assert _bf16_matmuls(config, monkeypatch, policy=True) >= 3 * projections
+    # Attention adds its two forward products (scores, probabilities x values) and four backward ones.
+    assert _bf16_matmuls(config, monkeypatch, policy=True) >= 3 * projections + 6
     # Without the custom VJP only forward products stay bf16: autodiff's transposed ones are upcast.
     assert _bf16_matmuls(config, monkeypatch, policy=False) < 2 * projections
 

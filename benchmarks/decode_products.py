@@ -7,7 +7,10 @@ run them), on the benchmark decoder's widest layer kernel (gate/up: [4096, 768])
 settings: one 0.8 MB kernel [512, 768] multiplied 64 times in a row (it stays in cache: the
 product's own cost) and 16 different [4096, 768] kernels (the kernels come from memory).
 Each line prints the kernel bytes read per second, so a form that does extra work per byte
-(a converted copy of the kernel, a repacking) shows below the memory rate.
+(a converted copy of the kernel, a repacking) shows below the memory rate, and the
+from-memory rate as a share of benchmarks/decode.py's bandwidth roof (its probe, measured
+in the same run): a decode loop made of nothing but these products reaches that share at
+most.
 
     .venv/bin/python -m benchmarks.decode_products [--rounds=10]
 """
@@ -21,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 import qwix
 from absl import app, flags
+
+from benchmarks.decode import bandwidth_probe
 
 _ROUNDS = flags.DEFINE_integer("rounds", 10, "Timed rounds; the best of each form is kept.")
 F32, BF16, I8 = jnp.float32, jnp.bfloat16, jnp.int8
@@ -93,9 +98,13 @@ def main(argv: list[str]) -> None:
                 started = time.perf_counter()
                 fn(kernels, x).block_until_ready()
                 best[name][i] = min(best[name][i], time.perf_counter() - started)
-    print("kernel bytes read per second, best of the rounds: in cache | from memory")
+    roof = bandwidth_probe("bfloat16")(_ROUNDS.value)
+    print(f"kernel bytes read per second, best of the rounds: in cache | from memory | from memory against "
+          f"benchmarks.decode's bandwidth roof ({roof / 1e9:.1f} GB/s: its 256 MB probe, in this run)")
     for name, (first, second, _) in runs.items():
-        print(f"  {name:62s} {first[2] / best[name][0] / 1e9:6.1f} | {second[2] / best[name][1] / 1e9:5.1f} GB/s")
+        streamed = second[2] / best[name][1]
+        print(f"  {name:62s} {first[2] / best[name][0] / 1e9:6.1f} | {streamed / 1e9:5.1f} GB/s | "
+              f"{streamed / roof:4.0%}")
     print("note: a shared 2-core CPU; other processes' load moves every figure, less so their ratios")
 
 

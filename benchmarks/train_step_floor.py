@@ -36,7 +36,7 @@ from benchmarks.train_vs_torch import _BATCH, _DTYPE, _MODEL, _ROUNDS, _SEQ_LEN,
 
 _TARGET = 1.3  # the goal: meshlm's step at 1.3x PyTorch's speed
 
-_DTYPES = {"bf16": "bfloat16", "f32": "float32"}
+_DTYPES = {"bf16": "bfloat16", "f16": "float16", "f32": "float32", "s8": "int8", "s32": "int32", "u8": "uint8"}
 _DEF = re.compile(r"^\s*(?:ROOT )?(%[\w.\-]+) = (\w+)\[([\d,]*)\]")
 _DOT = re.compile(r"= (\w+)\[[\d,]*\]\{[^}]*\} dot\((%[\w.\-]+), (%[\w.\-]+)\), ([^%]*?)(?:, metadata|, backend|$)")
 
@@ -85,7 +85,8 @@ def time_product(product, torch) -> tuple[float, float, float]:
     xla = jax.jit(lambda a, b: jax.lax.dot_general(a, b, numbers, preferred_element_type=_DTYPES[out]))
     xla_seconds = _best(lambda: xla(a, b).block_until_ready())
     batch, m, k, n = _bmm_sizes(lhs, rhs, dims)
-    dtype = getattr(torch, _DTYPES[lhs_type])
+    # torch has no integer bmm on CPU: an integer product (a one-hot gather) is timed in float32 there.
+    dtype = getattr(torch, _DTYPES[lhs_type]) if lhs_type in ("bf16", "f16", "f32") else torch.float32
     ta, tb = torch.ones(batch, m, k, dtype=dtype), torch.ones(batch, k, n, dtype=dtype)
     torch_seconds = _best(lambda: torch.bmm(ta, tb) if batch > 1 else torch.mm(ta[0], tb[0]))
     return xla_seconds, torch_seconds, 2.0 * batch * m * k * n

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import collections
 import math
-import os
 import re
 import time
 
@@ -31,8 +30,7 @@ import jax.numpy as jnp
 from absl import app
 
 # train_vs_torch's flags (--model, --dtype, --batch, --seq_len, --rounds) are this script's too.
-from benchmarks.train_vs_torch import _BATCH, _DTYPE, _MODEL, _ROUNDS, _SEQ_LEN, JaxSide, TorchSide, _batch, \
-    benchmark_config
+from benchmarks.train_vs_torch import _BATCH, _DTYPE, _ROUNDS, sides_from_flags
 
 _TARGET = 1.3  # the goal: meshlm's step at 1.3x PyTorch's speed
 
@@ -96,13 +94,8 @@ def main(argv: list[str]) -> None:
     del argv
     import torch
 
-    torch.set_num_threads(os.cpu_count() or 1)
-    seq_len = _SEQ_LEN.value or (256 if _MODEL.value == "llama" else 128)
-    config = benchmark_config(_MODEL.value, _DTYPE.value, seq_len)
-    batch = _batch(config.model.vocab_size, _BATCH.value, seq_len)
-    jax_side, torch_side = JaxSide(config, batch), TorchSide(config, batch, _DTYPE.value)
-    hlo = jax_side.step.__wrapped__.lower(jax_side.state, jax_side.batch).compile().as_text()
-    products = step_products(hlo)
+    config, seq_len, jax_side, torch_side = sides_from_flags()
+    products = step_products(jax_side.compiled_text())
     print(f"{config.name}, batch {_BATCH.value} x {seq_len}, {_DTYPE.value} compute: {sum(products.values())} products "
           f"in meshlm's compiled step ({len(products)} distinct), each timed alone, best of {_ROUNDS.value}")
     floors = {"XLA:CPU": 0.0, "PyTorch": 0.0}

@@ -37,7 +37,7 @@ from benchmarks.peak_flops import matmul_flops_per_sec
 from train.config import load_config
 from train.flops import non_embedding_params, train_flops_per_token
 from train.masking import MaskingSpec, prediction_budget
-from train.mesh import make_mesh, to_global
+from train.mesh import make_mesh, sharding_context, to_global
 from train.optimizer import make_optimizer
 from train.state import init_state, state_layout
 from train.steps import compile_train_step
@@ -66,7 +66,7 @@ class JaxSide:
 
     def __init__(self, config, batch: dict[str, np.ndarray]):
         m, d = config.model, config.data
-        mesh = make_mesh((1, 1, 1), jax.devices()[:1])
+        self.mesh = mesh = make_mesh((1, 1, 1), jax.devices()[:1])
         tx, schedule = make_optimizer(config.optim, config.train.steps)
         layout = state_layout(m, tx, mesh)
         seq_len = batch["tokens"].shape[1]
@@ -78,6 +78,11 @@ class JaxSide:
         self.batch = to_global(batch, mesh)
         self.param_count = layout.param_count
         self.non_embedding = non_embedding_params(layout.abstract["params"])
+
+    def compiled_text(self) -> str:
+        """The optimized HLO of the train step, as XLA compiled it for this device."""
+        with sharding_context(self.mesh):
+            return self.step.__wrapped__.lower(self.state, self.batch).compile().as_text()
 
     def head_fraction(self) -> float:
         """The share of positions the output projection runs on (the MLM budget, or all)."""
@@ -147,16 +152,22 @@ def benchmark_config(model: str, dtype: str, seq_len: int):
     return config
 
 
-def main(argv: list[str]) -> None:
-    del argv
+def sides_from_flags():
+    """(config, seq_len, meshlm's side, PyTorch's side) as --model, --dtype, --batch and --seq_len say."""
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
     seq_len = _SEQ_LEN.value or (256 if _MODEL.value == "llama" else 128)
     config = benchmark_config(_MODEL.value, _DTYPE.value, seq_len)
     batch = _batch(config.model.vocab_size, _BATCH.value, seq_len)
+    return config, seq_len, JaxSide(config, batch), TorchSide(config, batch, _DTYPE.value)
+
+
+def main(argv: list[str]) -> None:
+    del argv
     peak = matmul_flops_per_sec(2048, _DTYPE.value)
-    sides = {"meshlm": JaxSide(config, batch), "pytorch": TorchSide(config, batch, _DTYPE.value)}
+    config, seq_len, jax_side, torch_side = sides_from_flags()
+    sides = {"meshlm": jax_side, "pytorch": torch_side}
     for side in sides.values():  # warm-up: compile, allocate, first optimizer state
         side.run(2)
     times: dict[str, list[float]] = {name: [] for name in sides}
@@ -168,7 +179,7 @@ def main(argv: list[str]) -> None:
         # slow measurement would otherwise inflate every MFU figure.
         peak = max(peak, matmul_flops_per_sec(2048, _DTYPE.value, repeats=2))
     tokens = _BATCH.value * seq_len
-    m, jax_side = config.model, sides["meshlm"]
+    m = config.model
     # BERT: both sides train on ~15% of tokens; PyTorch still projects every position onto the vocabulary.
     needed = tokens * train_flops_per_token(m, jax_side.non_embedding, seq_len, jax_side.head_fraction())
     dense = tokens * train_flops_per_token(m, jax_side.non_embedding, seq_len)

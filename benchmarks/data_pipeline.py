@@ -25,7 +25,7 @@ from data.batches import StepBatches
 from data.builtin_corpus import builtin_corpus, default_cache_dir, read_documents
 from data.prefetch import prefetch_batches
 from data.pipeline import prepare, tokenize_to_store
-from data.tokenizer import load_or_train_tokenizer
+from data.sentencepiece_training import load_or_train_tokenizer
 from train.config import load_config
 from train.masking import MaskingSpec, prediction_budget
 from train.mesh import make_mesh, to_global

@@ -67,7 +67,7 @@ def main() -> None:
     import dataclasses
 
     from data.builtin_corpus import builtin_corpus
-    from data.tokenizer import load_or_train_tokenizer
+    from data.sentencepiece_training import load_or_train_tokenizer
     from tests.export_fixtures import random_params, tiny_export_config, write_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -2,7 +2,8 @@
 
 `pipeline.py` is the path a config takes: `sources.py` names a source and reads its
 documents (`builtin_corpus.py` + `docstrings.py`, `text_files.py`, `tfds_source.py`, all
-split as `documents.py` says), `tokenizer.py` trains or loads sentencepiece
+split as `documents.py` says), `tokenizer.py` loads sentencepiece (trained by
+`sentencepiece_training.py`)
 (or, through `hf_tokenizer.py`, an imported Hugging Face tokenizer.json; `fast_tokenizer.py`
 writes either as a tokenizer.json for exports),
 `token_store.py` writes and reads tokenized shards, `packing.py` packs them into rows;

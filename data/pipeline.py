@@ -38,9 +38,9 @@ from data.documents import SPLITS, DataError, DecodeCounts
 from data.packing import PACK_WINDOW, PackedRows, is_hashed, pack_store
 from data.sources import SourceSpec, parse_source, source_documents
 from data.token_store import MANIFEST, SHARD_DOCS, TokenStore, write_store
-from data.tokenizer import (SPM_FILE, AnyTokenizer, copy_tokenizer, fits_vocab, load_or_train_tokenizer,
-                            open_tokenizer, pull_tokenizer, push_tokenizer, tokenizer_file,
-                            train_tokenizer_on_documents)
+from data.sentencepiece_training import load_or_train_tokenizer, train_tokenizer_on_documents
+from data.tokenizer import (SPM_FILE, AnyTokenizer, copy_tokenizer, fits_vocab, open_tokenizer, pull_tokenizer,
+                            push_tokenizer, tokenizer_file)
 
 # Bump when packing changes, so old rows are not reused.
 STORE_VERSION = 1

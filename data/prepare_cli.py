@@ -22,7 +22,7 @@ import time
 from absl import app, flags
 
 from data.token_store import SHARD_DOCS
-from data.tokenizer import MODEL_TYPES
+from data.sentencepiece_training import MODEL_TYPES
 from data.pipeline import tokenize_to_store
 
 

@@ -11,7 +11,8 @@ import numpy as np
 
 from data.builtin_corpus import CorpusFiles, builtin_corpus
 from data.packing import PackedRows
-from data.tokenizer import Tokenizer, load_or_train_tokenizer
+from data.sentencepiece_training import load_or_train_tokenizer
+from data.tokenizer import Tokenizer
 
 SMALL_CORPUS_BYTES = 150_000
 SMALL_VOCAB = 800

@@ -14,7 +14,7 @@ from absl import flags
 
 from train import main as train_main
 from data.builtin_corpus import read_documents
-from data.tokenizer import train_tokenizer
+from data.sentencepiece_training import train_tokenizer
 from train import program
 from train.checkpoints.manager import Checkpoints
 from train.checkpoints.listing import format_listing

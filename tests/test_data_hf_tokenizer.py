@@ -13,7 +13,8 @@ from data.builtin_corpus import read_documents
 from data.fast_tokenizer import fast_tokenizer
 from data.hf_tokenizer import HFTokenizer
 from data.pipeline import prepare
-from data.tokenizer import Tokenizer, open_tokenizer, tokenizer_file, train_tokenizer
+from data.sentencepiece_training import train_tokenizer
+from data.tokenizer import Tokenizer, open_tokenizer, tokenizer_file
 
 from tests.data_fixtures import (BOS, EOS, VARIED_TEXTS, byte_level_bpe_folder, small_corpus, small_store_tokenizer,
                                  small_tokenizer, write_text_files)

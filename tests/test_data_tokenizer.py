@@ -1,4 +1,4 @@
-"""data/tokenizer.py: sentencepiece trained at test time on a small built-in corpus."""
+"""data/tokenizer.py and data/sentencepiece_training.py: sentencepiece trained at test time on a small built-in corpus."""
 
 import hashlib
 import os
@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from data import tokenizer as tk
-from data.tokenizer import Tokenizer, load_or_train_tokenizer, train_tokenizer
+from data import sentencepiece_training as training
+from data.sentencepiece_training import load_or_train_tokenizer, train_tokenizer
+from data.tokenizer import Tokenizer
 from tests.data_fixtures import SMALL_VOCAB, small_corpus, small_tokenizer
 
 TEXT = "Return a new array of the given shape, filled with zeros."
@@ -141,7 +143,7 @@ def test_documents_longer_than_sentencepieces_line_limit_still_train(tmp_path):
     words = [f"w{i}" for i in range(40)]
     rng = np.random.default_rng(0)
     doc = " ".join(rng.choice(words, 3000))  # one ~10 KB document
-    tok = tk.train_tokenizer_on_documents(iter([doc]), tmp_path / "w.model", vocab_size=48,  # 40 words, 8 special pieces
+    tok = training.train_tokenizer_on_documents(iter([doc]), tmp_path / "w.model", vocab_size=48,  # 40 words, 8 special pieces
                                           model_type="word")
     ids = tok.encode(" ".join(words))
     assert len(ids) == len(words) and tk.UNK_ID not in ids
@@ -149,7 +151,7 @@ def test_documents_longer_than_sentencepieces_line_limit_still_train(tmp_path):
 
 def test_long_lines_are_cut_at_spaces_within_the_limit():
     line = "ab " * 10 + "é" * 7  # the last word is 14 bytes: cut between characters
-    pieces = list(tk._pieces_of_line(line, limit=8))
+    pieces = list(training._pieces_of_line(line, limit=8))
     assert all(len(p.encode()) <= 8 for p in pieces)
     assert " ".join(pieces).replace(" ", "") == line.replace(" ", "")
     assert pieces[0] == "ab ab ab"

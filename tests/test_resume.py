@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from data.documents import DataError
-from data.tokenizer import train_tokenizer
+from data.sentencepiece_training import train_tokenizer
 from train.checkpoints.manager import Checkpoints
 from train.config import ConfigError, DataConfig, MeshConfig, ModelConfig
 from train.loop import train

@@ -222,9 +222,9 @@ def _attention_forward(q, k, v, mask, masked_logit, dropout_rate, dropout_fn, dr
     v_rows = _heads_first(v, 1)  # [B*K, S, D]
     scores = (_bmm(q_rows, k_cols) * d ** -0.5).reshape(batch, kv_heads, groups, length, -1)
     probs = jax.nn.softmax(jnp.where(mask, scores, masked_logit), axis=-1)
-    kept = dropout_fn(probs, dropout_rate, dropout_key).astype(q.dtype).reshape(batch * kv_heads, groups * length, -1)
-    out = _heads_last(_bmm(kept, v_rows).astype(q.dtype), batch, groups)
-    return out, (q_rows, k_cols, v_rows, probs, kept, dropout_key)
+    kept = dropout_fn(probs, dropout_rate, dropout_key).astype(q.dtype)  # [B, K, G, L, S], as saved
+    out = _bmm(kept.reshape(batch * kv_heads, groups * length, -1), v_rows)
+    return _heads_last(out.astype(q.dtype), batch, groups), (q_rows, k_cols, v_rows, probs, kept, dropout_key)
 
 
 def _attention_backward(masked_logit, dropout_rate, dropout_fn, residuals, g):
@@ -234,7 +234,7 @@ def _attention_backward(masked_logit, dropout_rate, dropout_fn, residuals, g):
     g_rows = _heads_first(g.astype(q_rows.dtype), groups)  # [B*K, G*L, D]
     # dv and dk as the transposes of [D, G*L] x [G*L, S] products: the transposed copies are
     # then of [G*L, D] operands and [D, S] results, not of the [G*L, S] probabilities.
-    dv = _batched_t(_bmm(_batched_t(g_rows), kept))  # [B*K, S, D]
+    dv = _batched_t(_bmm(_batched_t(g_rows), kept.reshape(batch * kv_heads, groups * length, -1)))  # [B*K, S, D]
     d_kept = _bmm(g_rows, _batched_t(v_rows)).reshape(probs.shape)
     d_probs = dropout_fn(d_kept, dropout_rate, dropout_key)
     d_scores = probs * (d_probs - jnp.sum(d_probs * probs, axis=-1, keepdims=True)) * d ** -0.5

@@ -18,7 +18,6 @@ import math
 from typing import Any, Callable
 
 import jax
-import numpy as np
 from jax.extend.core import Literal
 
 
@@ -51,24 +50,25 @@ def saved_activations(loss: Callable[[Any, Any], Any], params: Any, batch: dict[
     out_shardings = jax.tree.leaves(compiled.output_shardings)
     groups: dict[tuple, list[int]] = collections.defaultdict(lambda: [0, 0])
     for index in kept:
-        shape, dtype = shapes[index]
+        shape, dtype, itemsize = shapes[index]
         attention = same_program and _quadratic(shape, shapes_doubled[index][0], seq_len)
         local = out_shardings[index].shard_shape(shape)
         group = groups[(shape, dtype, attention)]
         group[0] += 1
-        group[1] += math.prod(local) * np.dtype(dtype).itemsize
+        group[1] += math.prod(local) * itemsize
     found = [SavedActivations(shape, dtype, count, size, attention)
              for (shape, dtype, attention), (count, size) in groups.items()]
     return sorted(found, key=lambda saved: -saved.bytes_per_device)
 
 
 def _traced_residuals(residuals: Callable, params: Any, batch: Any) -> tuple[list[tuple], list[int]]:
-    """Every residual's (shape, dtype) and the indices of those computed in the forward pass."""
+    """Every residual's (shape, dtype name, itemsize) and the indices of those computed in the forward pass."""
     closed = jax.make_jaxpr(residuals)(params, batch)
     inputs = set(closed.jaxpr.invars) | set(closed.jaxpr.constvars)
     shapes, kept, seen = [], [], set()
     for index, var in enumerate(closed.jaxpr.outvars):
-        shapes.append((tuple(var.aval.shape), str(var.aval.dtype)))
+        # itemsize from the dtype itself: a residual may be a PRNG key (key<fry>), which numpy has no name for
+        shapes.append((tuple(var.aval.shape), str(var.aval.dtype), var.aval.dtype.itemsize))
         if isinstance(var, Literal) or var in inputs or var in seen:
             continue  # a literal, an input (parameters, batch) or a second reference to one array
         seen.add(var)

@@ -8,7 +8,8 @@ and contracting dims as XLA:CPU compiled them): once under XLA:CPU (its bf16 pro
 on YNNPACK) and once as the same-sized torch.mm / torch.bmm in the same dtypes (PyTorch's
 oneDNN). The products' sum is each side's floor for a step that did nothing else. Then
 both real steps run side by side and the rest of each step (step - floor) is printed:
-norms, softmax, rotary, the loss, the copies and converts, AdamW.
+norms, softmax, rotary, the loss, the copies and converts, AdamW. Last, one meshlm step
+runs under jax.profiler: how long some product was running in it, and how long none was.
 
     ./launch.sh run benchmarks.train_step_floor --model=llama --dtype=bfloat16 [--rounds=5]
 
@@ -21,8 +22,13 @@ Needs the `hf` extra (torch, transformers).
 from __future__ import annotations
 
 import collections
+import gzip
+import json
 import math
+import pathlib
 import re
+import shutil
+import tempfile
 import time
 
 import jax
@@ -90,6 +96,34 @@ def time_product(product, torch) -> tuple[float, float, float]:
     return xla_seconds, torch_seconds, 2.0 * batch * m * k * n
 
 
+def traced_step(jax_side) -> tuple[float, float]:
+    """(seconds, seconds during which a product ran) of one meshlm step under jax.profiler.
+
+    A product is an XLA:CPU op event naming a dot or a YNNPACK fusion (XLA:CPU sends its
+    bf16 and most float32 products there); the other ops are norms, copies, converts,
+    softmax, the loss and the optimizer, and they may overlap a product on the other core.
+    """
+    for warm in (True, False):  # the first traced step runs at a fraction of the speed: left out
+        folder = tempfile.mkdtemp()
+        with jax.profiler.trace(folder):
+            jax_side.run(1)
+        if warm:
+            shutil.rmtree(folder)
+    try:
+        trace_file = next(pathlib.Path(folder).rglob("*.trace.json.gz"))
+        events = json.loads(gzip.decompress(trace_file.read_bytes()))["traceEvents"]
+    finally:
+        shutil.rmtree(folder)
+    ops = [e for e in events if e.get("ph") == "X" and "hlo_op" in e.get("args", {})]
+    start, end = min(e["ts"] for e in ops), max(e["ts"] + e["dur"] for e in ops)
+    spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in ops if re.search(r"dot|ynn", e["name"]))
+    covered, reach = 0.0, start
+    for begin, finish in spans:  # the union of the product spans
+        covered += max(0.0, finish - max(begin, reach))
+        reach = max(reach, finish)
+    return (end - start) / 1e6, covered / 1e6
+
+
 def main(argv: list[str]) -> None:
     del argv
     import torch
@@ -125,6 +159,9 @@ def main(argv: list[str]) -> None:
           f"leaving {goal - floors['XLA:CPU']:.3f} s for the rest, which takes {steps['meshlm'] - floors['XLA:CPU']:.3f} s "
           f"in meshlm and {steps['pytorch'] - floors['PyTorch']:.3f} s in PyTorch")
     print(f"XLA:CPU's products / PyTorch's (same shapes): {floors['XLA:CPU'] / floors['PyTorch']:.2f}x the time")
+    traced, in_products = traced_step(jax_side)
+    print(f"meshlm's step under jax.profiler: {traced:.3f} s, a product running during {in_products:.3f} s of it "
+          f"(alone they took {floors['XLA:CPU']:.3f} s), none during {traced - in_products:.3f} s")
 
 
 if __name__ == "__main__":

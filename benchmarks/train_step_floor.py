@@ -156,7 +156,8 @@ def main(argv: list[str]) -> None:
     goal = steps["pytorch"] / _TARGET
     print(f"meshlm / pytorch: {steps['pytorch'] / steps['meshlm']:.2f}x. {_TARGET}x would be a {goal:.3f} s step: "
           f"XLA:CPU's products alone take {floors['XLA:CPU']:.3f} s ({floors['XLA:CPU'] / goal:.0%} of it), "
-          f"leaving {goal - floors['XLA:CPU']:.3f} s for the rest, which takes {steps['meshlm'] - floors['XLA:CPU']:.3f} s "
+          f"leaving {goal - floors['XLA:CPU']:.3f} s for the rest, which takes "
+          f"{steps['meshlm'] - floors['XLA:CPU']:.3f} s "
           f"in meshlm and {steps['pytorch'] - floors['PyTorch']:.3f} s in PyTorch")
     print(f"XLA:CPU's products / PyTorch's (same shapes): {floors['XLA:CPU'] / floors['PyTorch']:.2f}x the time")
     traced, in_products = traced_step(jax_side)

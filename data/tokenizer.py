@@ -1,4 +1,5 @@
-"""Tokenizers: meshlm's sentencepiece models (trained by data/sentencepiece_training.py, or loaded), and which file is a workdir's.
+"""Tokenizers: meshlm's sentencepiece models (trained by data/sentencepiece_training.py, or
+loaded), and which file is a workdir's.
 
 Our models fix the special ids: [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4, with no
 BOS/EOS. [CLS], [SEP] and [MASK] are user-defined symbols, so the literal text "[MASK]" in a

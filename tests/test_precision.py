@@ -1,4 +1,5 @@
-"""model/precision.py: bf16 projections and attention equal the plain math, reach XLA:CPU's bf16 kernels, and train like fp32."""
+"""model/precision.py: bf16 projections and attention equal the plain math, reach XLA:CPU's bf16
+kernels, and train like fp32."""
 
 import dataclasses
 import json

@@ -1,6 +1,7 @@
 """The attention switch in training: Splash (interpreted) trains like the XLA path on a sharded
 mesh under scan and remat; a sequence axis splits the length and gives the one-device losses;
-choices that cannot run get one line. (Bidirectional Splash per shard: test_attention_kernels.py.)"""
+choices that cannot run get one line; bf16 attention's CPU form trains alike sharded. (Bidirectional
+Splash per shard: test_attention_kernels.py.)"""
 
 import dataclasses
 import functools
@@ -95,3 +96,14 @@ def test_attention_choices_that_cannot_run_get_one_line(change, words):
         shape = config.mesh.shape
         attention_kernel(config.model, make_mesh(shape, jax.devices()[:int(np.prod(shape))]), config.data.seq_len)
     assert words in str(error.value) and "\n" not in str(error.value), str(error.value)
+
+
+def test_bf16_attention_on_a_sharded_mesh_gives_the_one_device_losses():
+    """bf16 on a CPU takes precision.cpu_bf16_attention: under fsdp x tensor x data, scan and remat=dots too."""
+    losses = {}
+    for shape, remat in (((1, 1, 1), "none"), ((2, 2, 2), "dots")):
+        config = _config("llama", "xla", 256, remat)
+        config.model = dataclasses.replace(config.model, dtype="bfloat16")
+        losses[shape] = _losses(config, shape, devices=jax.devices()[:int(np.prod(shape))])
+    np.testing.assert_allclose(losses[(2, 2, 2)], losses[(1, 1, 1)], rtol=1e-4)
+    assert losses[(1, 1, 1)][-1] < losses[(1, 1, 1)][0]

@@ -1,4 +1,5 @@
-"""Architecture hyperparameters shared by every model in the family, and the attention kernels' limits."""
+"""Architecture hyperparameters shared by every model in the family, their cross-field rules, and the
+attention kernels' limits."""
 
 from __future__ import annotations
 
@@ -75,4 +76,44 @@ def cudnn_misfit(dtype: str, head_dim: int, length_sharded: bool) -> str | None:
         return f"cuDNN attention needs a head dim that is a multiple of 8 up to {CUDNN_MAX_HEAD_DIM}, not {head_dim}"
     if length_sharded:
         return "cuDNN attention splits the batch and the heads over devices, not the length"
+    return None
+
+
+def model_misfit(m: ModelConfig) -> str | None:
+    """The first cross-field rule the model's fields break, as one line naming the values and what is
+    accepted (None: none): kv heads, RoPE, tied embeddings, a fused attention kernel, LoRA."""
+    if m.num_kv_heads < 0 or (m.num_kv_heads and m.num_heads % m.num_kv_heads):
+        return (f"model.num_kv_heads={m.num_kv_heads} does not divide model.num_heads={m.num_heads}; "
+                "accepted: 0 (= num_heads) or a divisor of num_heads")
+    if m.arch == "llama" and (m.rope_theta <= 0 or m.resolved_head_dim % 2):
+        return (f"model.rope_theta={m.rope_theta} with head dim {m.resolved_head_dim}; "
+                "accepted: rope_theta > 0 and an even head dim")
+    if m.arch == "bert" and not m.tie_embeddings:
+        return "model.tie_embeddings=false is only for model.arch=llama; BERT's MLM head is tied"
+    # A fused kernel named outright must be able to run the model (auto falls back to XLA instead).
+    if m.attention_impl in ("splash", "cudnn") and m.attention_dropout > 0:
+        return (f"model.attention_impl={m.attention_impl} has no attention dropout but "
+                f"model.attention_dropout={m.attention_dropout}; accepted: attention_dropout=0, "
+                "or attention_impl=auto or xla")
+    if m.attention_impl == "cudnn":
+        misfit = cudnn_misfit(m.dtype, m.resolved_head_dim, length_sharded=False)
+        if misfit:
+            return (f"model.attention_impl=cudnn: {misfit}; accepted: a model cuDNN can run "
+                    "(e.g. model.dtype=bfloat16), or attention_impl=auto or xla")
+    return _lora_misfit(m)
+
+
+def _lora_misfit(m: ModelConfig) -> str | None:
+    """model.lora: a rank of 0 (off) or more, a positive alpha, and targets the decoder has."""
+    lora = m.lora
+    if lora.rank < 0 or lora.alpha <= 0 or not 0.0 <= lora.dropout < 1.0:
+        return (f"model.lora rank={lora.rank} alpha={lora.alpha} dropout={lora.dropout}; accepted: "
+                "rank >= 0 (0: no adapters), alpha > 0, dropout in [0, 1)")
+    bad = [t for t in lora.targets if t not in LORA_TARGETS]
+    if bad or not lora.targets or len(set(lora.targets)) != len(lora.targets):
+        return (f"config key 'model.lora.targets' got {','.join(lora.targets) or 'nothing'}; accepted: "
+                f"distinct names among {','.join(LORA_TARGETS)}")
+    if lora.rank and m.arch != "llama":
+        return (f"model.lora.rank={lora.rank} with model.arch={m.arch}; accepted: LoRA adapters on "
+                "model.arch=llama (decoders)")
     return None

@@ -17,7 +17,7 @@ from typing import Any
 from data import remote
 from data.documents import DataError
 from data.sources import parse_source
-from model.config import ATTENTION_IMPLS, LORA_TARGETS, LoraConfig, ModelConfig, cudnn_misfit
+from model.config import ATTENTION_IMPLS, LoraConfig, ModelConfig, model_misfit
 
 __all__ = [
     "Config", "ConfigError", "DataConfig", "LoraConfig", "MESH_AXES", "MeshConfig", "ModelConfig", "OptimConfig",
@@ -293,9 +293,9 @@ def validate(config: Config) -> None:
             "accepted: non-negative with a sum of at most 1")
     if not m.head_dim and m.hidden % m.num_heads:
         raise ConfigError(f"model.hidden={m.hidden} is not divisible by model.num_heads={m.num_heads}; set model.head_dim or change either")
-    _check_decoder_fields(m)
-    _check_attention_fields(m)
-    _check_lora(m)
+    misfit = model_misfit(m)
+    if misfit:
+        raise ConfigError(misfit)
     if d.seq_len > m.max_len:
         raise ConfigError(f"data.seq_len={d.seq_len} exceeds model.max_len={m.max_len}; accepted: data.seq_len <= model.max_len")
     if o.eps <= 0:
@@ -313,46 +313,6 @@ def validate(config: Config) -> None:
     if sequence > 1 and d.seq_len % sequence:
         raise ConfigError(f"data.seq_len={d.seq_len} does not divide by the mesh's sequence={sequence}; "
                           "accepted: a sequence axis that divides the row length")
-
-
-def _check_decoder_fields(m: ModelConfig) -> None:
-    """Cross-field rules of the decoder fields (kv heads, RoPE, tied embeddings)."""
-    if m.num_kv_heads < 0 or (m.num_kv_heads and m.num_heads % m.num_kv_heads):
-        raise ConfigError(f"model.num_kv_heads={m.num_kv_heads} does not divide model.num_heads={m.num_heads}; "
-                          "accepted: 0 (= num_heads) or a divisor of num_heads")
-    if m.arch == "llama" and (m.rope_theta <= 0 or m.resolved_head_dim % 2):
-        raise ConfigError(f"model.rope_theta={m.rope_theta} with head dim {m.resolved_head_dim}; "
-                          "accepted: rope_theta > 0 and an even head dim")
-    if m.arch == "bert" and not m.tie_embeddings:
-        raise ConfigError("model.tie_embeddings=false is only for model.arch=llama; BERT's MLM head is tied")
-
-
-def _check_attention_fields(m: ModelConfig) -> None:
-    """A fused kernel named outright must be able to run the model (auto falls back to XLA instead)."""
-    if m.attention_impl in ("splash", "cudnn") and m.attention_dropout > 0:
-        raise ConfigError(f"model.attention_impl={m.attention_impl} has no attention dropout but "
-                          f"model.attention_dropout={m.attention_dropout}; accepted: attention_dropout=0, "
-                          "or attention_impl=auto or xla")
-    if m.attention_impl == "cudnn":
-        misfit = cudnn_misfit(m.dtype, m.resolved_head_dim, length_sharded=False)
-        if misfit:
-            raise ConfigError(f"model.attention_impl=cudnn: {misfit}; accepted: a model cuDNN can run "
-                              "(e.g. model.dtype=bfloat16), or attention_impl=auto or xla")
-
-
-def _check_lora(m: ModelConfig) -> None:
-    """model.lora: a rank of 0 (off) or more, a positive alpha, and targets the decoder has."""
-    lora = m.lora
-    if lora.rank < 0 or lora.alpha <= 0 or not 0.0 <= lora.dropout < 1.0:
-        raise ConfigError(f"model.lora rank={lora.rank} alpha={lora.alpha} dropout={lora.dropout}; accepted: "
-                          "rank >= 0 (0: no adapters), alpha > 0, dropout in [0, 1)")
-    bad = [t for t in lora.targets if t not in LORA_TARGETS]
-    if bad or not lora.targets or len(set(lora.targets)) != len(lora.targets):
-        raise ConfigError(f"config key 'model.lora.targets' got {','.join(lora.targets) or 'nothing'}; accepted: "
-                          f"distinct names among {','.join(LORA_TARGETS)}")
-    if lora.rank and m.arch != "llama":
-        raise ConfigError(f"model.lora.rank={lora.rank} with model.arch={m.arch}; accepted: LoRA adapters on "
-                          "model.arch=llama (decoders)")
 
 
 def _check_types(obj: Any, prefix: str) -> None:

@@ -35,7 +35,7 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from benchmarks.peak_flops import matmul_flops_per_sec
+from benchmarks.peak_flops import best_seconds, matmul_flops_per_sec
 from model.attention import self_attention
 from train.config import Config, load_config
 from train.flops import non_embedding_params, peak_flops_per_device, train_flops_per_token
@@ -233,13 +233,7 @@ def read_bandwidth(repeats: int = 5) -> float:
         size //= 4  # 256 MiB: beyond any CPU cache, within a small host's memory
     data = jnp.ones((size // 4096, 4096), jnp.bfloat16)
     total = jax.jit(lambda a: jnp.sum(a, axis=1, dtype=jnp.float32))  # along rows: XLA:CPU streams them
-    total(data).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        total(data).block_until_ready()
-        best = min(best, time.perf_counter() - started)
-    return data.nbytes / best
+    return data.nbytes / best_seconds(lambda: total(data).block_until_ready(), repeats)
 
 
 def time_decode(config: Config, dtype: str, batch: int, repeats: int = 3) -> tuple[float, float, int]:

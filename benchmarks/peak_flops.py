@@ -30,13 +30,18 @@ def matmul_flops_per_sec(size: int = 2048, dtype: str = "float32", repeats: int 
             x = jnp.dot(x, b, preferred_element_type=jnp.float32).astype(dtype)
         return x
 
-    products(a).block_until_ready()
+    return 2 * size ** 3 * chain / best_seconds(lambda: products(a).block_until_ready(), repeats)
+
+
+def best_seconds(run, repeats: int) -> float:
+    """The fastest of `repeats` timed calls of run(), after one untimed call (compile, warm-up)."""
+    run()
     best = float("inf")
     for _ in range(repeats):
         started = time.perf_counter()
-        products(a).block_until_ready()
+        run()
         best = min(best, time.perf_counter() - started)
-    return 2 * size ** 3 * chain / best
+    return best
 
 
 def main(argv: list[str]) -> None:

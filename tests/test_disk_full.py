@@ -92,7 +92,7 @@ def test_a_full_disk_ends_the_run_in_one_line_and_the_rerun_finishes(tmp_path, t
                                   "to resume")
         assert sorted(p.name for p in steps.iterdir()) == ["2"]
         if disk is not None:
-            assert f"warning: checkpoint step 4 needs about" in failed.stdout
+            assert "warning: checkpoint step 4 needs about" in failed.stdout
             assert " free; a checkpoint takes about " in errors[0]
             ballast.unlink()
         resumed = _train(config_file, workdir)
@@ -144,3 +144,24 @@ def test_another_hosts_lease_is_waited_out_unless_it_is_renewed(tmp_path, monkey
         with pytest.raises(ConfigError, match="is being written by another training job"):
             Lease(tmp_path).acquire(print)
         renewer.kill()
+
+
+def test_orbax_writer_errors_stay_off_the_console_and_others_do_not():
+    """The console filter drops Orbax's writer errors, including asyncio's report of an unawaited writer task."""
+    import logging
+
+    from train.program import background_writer_error
+
+    def record(name: str, level: int, pathname: str, message: str) -> logging.LogRecord:
+        return logging.LogRecord(name, level, pathname, 1, message, None, None)
+
+    orbax = f"{os.sep}site-packages{os.sep}orbax{os.sep}checkpoint{os.sep}_src{os.sep}serialization{os.sep}serialization.py"
+    base_events = f"{os.sep}lib{os.sep}asyncio{os.sep}base_events.py"
+    unawaited = ("Task exception was never retrieved\nfuture: <Task finished name='Task-400' coro=<write_fragment() "
+                 f"done, defined at {orbax}:188> exception=ValueError('RESOURCE_EXHAUSTED: No space left on device')>")
+    assert background_writer_error(record("asyncio", logging.ERROR, base_events, unawaited))
+    assert background_writer_error(record("absl", logging.ERROR, orbax, "write failed"))
+    assert not background_writer_error(record("asyncio", logging.ERROR, base_events, "Task exception was never "
+                                              "retrieved\nfuture: <Task finished coro=<fetch() defined at /app/x.py:3>>"))
+    assert not background_writer_error(record("absl", logging.WARNING, orbax, "slow write"))
+    assert not background_writer_error(record("absl", logging.ERROR, "/app/train/loop.py", "something else"))

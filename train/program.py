@@ -174,12 +174,11 @@ def _quiet_background_writers() -> None:
     """Keeps the tracebacks of Orbax's background writers off the console (shown under --debug).
 
     A failed asynchronous save (a full disk) makes Orbax log the error with a traceback from
-    each writer thread, and TensorStore's late completions then report "Event loop is closed"
+    each writer thread (and asyncio, for a writer task nobody awaited), and TensorStore's late completions then report "Event loop is closed"
     (through sys.unraisablehook) for the event loop Orbax already closed. The failure itself
     reaches the main thread, which reports it in one line (train/checkpoints/manager.py).
     """
-    handler = logging.get_absl_handler()
-    handler.addFilter(lambda record: not (record.levelno >= pylogging.ERROR and _ORBAX in record.pathname))
+    logging.get_absl_handler().addFilter(lambda record: not background_writer_error(record))
     previous_unraisable = sys.unraisablehook
 
     def unraisablehook(unraisable) -> None:  # TensorStore reports its callbacks' errors this way
@@ -194,6 +193,14 @@ def _quiet_background_writers() -> None:
 
 
 _ORBAX = f"{os.sep}orbax{os.sep}"
+
+
+def background_writer_error(record: pylogging.LogRecord) -> bool:
+    """An error Orbax's background writers log: from Orbax's own code, or asyncio's "Task exception
+    was never retrieved" for one of their tasks (logged whenever the garbage collector meets it)."""
+    if record.levelno < pylogging.ERROR:
+        return False
+    return _ORBAX in record.pathname or (record.name == "asyncio" and _ORBAX in record.getMessage())
 
 
 def _from_asyncio(traceback) -> bool:

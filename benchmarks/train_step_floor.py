@@ -29,13 +29,13 @@ import pathlib
 import re
 import shutil
 import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
 from absl import app
 
 # train_vs_torch's flags (--model, --dtype, --batch, --seq_len, --rounds) are this script's too.
+from benchmarks.peak_flops import best_seconds
 from benchmarks.train_vs_torch import _BATCH, _DTYPE, _ROUNDS, sides_from_flags
 
 _TARGET = 1.3  # the issue's goal: meshlm's step at 1.3x PyTorch's speed
@@ -61,16 +61,6 @@ def step_products(hlo: str) -> collections.Counter:
     return products
 
 
-def _best(fn, *args) -> float:
-    fn(*args)
-    best = math.inf
-    for _ in range(_ROUNDS.value):
-        started = time.perf_counter()
-        fn(*args)
-        best = min(best, time.perf_counter() - started)
-    return best
-
-
 def _bmm_sizes(lhs: tuple, rhs: tuple, dims: dict) -> tuple[int, int, int, int]:
     """(batch, M, K, N) of a dot_general."""
     batch = math.prod(lhs[i] for i in dims.get("lhs_batch_dims", ()))
@@ -87,12 +77,12 @@ def time_product(product, torch) -> tuple[float, float, float]:
     a = jnp.ones(lhs, _DTYPES[lhs_type])
     b = jnp.ones(rhs, _DTYPES[rhs_type])
     xla = jax.jit(lambda a, b: jax.lax.dot_general(a, b, numbers, preferred_element_type=_DTYPES[out]))
-    xla_seconds = _best(lambda: xla(a, b).block_until_ready())
+    xla_seconds = best_seconds(lambda: xla(a, b).block_until_ready(), _ROUNDS.value)
     batch, m, k, n = _bmm_sizes(lhs, rhs, dims)
     # torch has no integer bmm on CPU: an integer product (a one-hot gather) is timed in float32 there.
     dtype = getattr(torch, _DTYPES[lhs_type]) if lhs_type in ("bf16", "f16", "f32") else torch.float32
     ta, tb = torch.ones(batch, m, k, dtype=dtype), torch.ones(batch, k, n, dtype=dtype)
-    torch_seconds = _best(lambda: torch.bmm(ta, tb) if batch > 1 else torch.mm(ta[0], tb[0]))
+    torch_seconds = best_seconds(lambda: torch.bmm(ta, tb) if batch > 1 else torch.mm(ta[0], tb[0]), _ROUNDS.value)
     return xla_seconds, torch_seconds, 2.0 * batch * m * k * n
 
 

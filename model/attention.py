@@ -51,8 +51,7 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
     # XLA:CPU's bf16 kernels take only row-major products. (With the length split over a
     # sequence axis its head-major copies became all-to-alls that hung 8 simulated devices.)
     if precision.cpu_bf16_kernels(q.dtype) and not length_is_sharded():
-        return precision.cpu_bf16_attention(q, k, v, mask[:, :, None], MASKED_LOGIT, dropout_rate, dropout,
-                                            dropout_key)
+        return precision.cpu_bf16_attention(q, k, v, mask[:, :, None], MASKED_LOGIT, dropout_rate, dropout_key)
     batch, length, num_heads, head_dim = q.shape
     q = q.reshape(batch, length, k.shape[2], num_heads // k.shape[2], head_dim)
     scores = jnp.einsum("blkgd,bskd->bkgls", q, k, preferred_element_type=jnp.float32)

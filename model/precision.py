@@ -64,6 +64,8 @@ import qwix
 from flax import nnx
 from jax import lax
 
+from model.dropout import dropout
+
 _F32 = jnp.float32
 _ONES_ROWS = 8  # a column sum as [8, M] x [M, N]: XLA:CPU's bf16 kernels take no M=1 product
 WEIGHT_DTYPES = ("float32", "bfloat16", "int8")  # how decoding holds kernels (`project_held`)
@@ -204,17 +206,18 @@ def _bmm(a: jax.Array, b: jax.Array) -> jax.Array:
     return lax.dot_general(a, b, (((2,), (1,)), ((0,), (0,))), preferred_element_type=_F32)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def cpu_bf16_attention(q, k, v, mask, masked_logit: float, dropout_rate: float, dropout_fn, dropout_key=None):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def cpu_bf16_attention(q, k, v, mask, masked_logit: float, dropout_rate: float, dropout_key=None):
     """softmax(q k^T / sqrt(d)) v with bf16 products in XLA:CPU's row-major form, softmax in float32.
 
     q [B, L, H, D], k/v [B, S, K, D] (H a multiple of K), mask broadcastable to [B, K, H/K, L, S];
-    dropout_fn(probs, rate, key) drops probabilities (it must be linear in probs for a fixed key).
+    probabilities drop as model/dropout.py drops them (its mask is a function of the key, so the
+    backward pass drops the same entries).
     """
-    return _attention_forward(q, k, v, mask, masked_logit, dropout_rate, dropout_fn, dropout_key)[0]
+    return _attention_forward(q, k, v, mask, masked_logit, dropout_rate, dropout_key)[0]
 
 
-def _attention_forward(q, k, v, mask, masked_logit, dropout_rate, dropout_fn, dropout_key):
+def _attention_forward(q, k, v, mask, masked_logit, dropout_rate, dropout_key):
     batch, length, heads, d = q.shape
     kv_heads, groups = k.shape[2], heads // k.shape[2]
     q_rows = _heads_first(q, groups)  # [B*K, G*L, D]
@@ -222,12 +225,12 @@ def _attention_forward(q, k, v, mask, masked_logit, dropout_rate, dropout_fn, dr
     v_rows = _heads_first(v, 1)  # [B*K, S, D]
     scores = (_bmm(q_rows, k_cols) * d ** -0.5).reshape(batch, kv_heads, groups, length, -1)
     probs = jax.nn.softmax(jnp.where(mask, scores, masked_logit), axis=-1)
-    kept = dropout_fn(probs, dropout_rate, dropout_key).astype(q.dtype)  # [B, K, G, L, S], as saved
+    kept = dropout(probs, dropout_rate, dropout_key).astype(q.dtype)  # [B, K, G, L, S], as saved
     out = _bmm(kept.reshape(batch * kv_heads, groups * length, -1), v_rows)
     return _heads_last(out.astype(q.dtype), batch, groups), (q_rows, k_cols, v_rows, probs, kept, dropout_key)
 
 
-def _attention_backward(masked_logit, dropout_rate, dropout_fn, residuals, g):
+def _attention_backward(masked_logit, dropout_rate, residuals, g):
     q_rows, k_cols, v_rows, probs, kept, dropout_key = residuals
     batch, kv_heads, groups, length, _ = probs.shape
     d = q_rows.shape[-1]
@@ -236,7 +239,7 @@ def _attention_backward(masked_logit, dropout_rate, dropout_fn, residuals, g):
     # then of [G*L, D] operands and [D, S] results, not of the [G*L, S] probabilities.
     dv = _batched_t(_bmm(_batched_t(g_rows), kept.reshape(batch * kv_heads, groups * length, -1)))  # [B*K, S, D]
     d_kept = _bmm(g_rows, _batched_t(v_rows)).reshape(probs.shape)
-    d_probs = dropout_fn(d_kept, dropout_rate, dropout_key)
+    d_probs = dropout(d_kept, dropout_rate, dropout_key)  # the same mask and scale: dropout is linear
     d_scores = probs * (d_probs - jnp.sum(d_probs * probs, axis=-1, keepdims=True)) * d ** -0.5
     d_scores = d_scores.astype(q_rows.dtype).reshape(batch * kv_heads, groups * length, -1)
     dq = _bmm(d_scores, _batched_t(k_cols))  # [B*K, G*L, D]

@@ -174,8 +174,9 @@ def _quiet_background_writers() -> None:
     """Keeps the tracebacks of Orbax's background writers off the console (shown under --debug).
 
     A failed asynchronous save (a full disk) makes Orbax log the error with a traceback from
-    each writer thread (and asyncio, for a writer task nobody awaited), and TensorStore's late completions then report "Event loop is closed"
-    (through sys.unraisablehook) for the event loop Orbax already closed. The failure itself
+    each writer thread (and asyncio, for a writer task nobody awaited), and TensorStore's late
+    completions then report "Event loop is closed" (through sys.unraisablehook) for the event
+    loop Orbax already closed. The failure itself
     reaches the main thread, which reports it in one line (train/checkpoints/manager.py).
     """
     logging.get_absl_handler().addFilter(lambda record: not background_writer_error(record))
